@@ -204,6 +204,12 @@ class CameraRanges:
             raise ConfigError(f"camera elevation must lie in [-90, 90] degrees, got {self.elevation}")
 
 
+# Framing for objects of radius ~0.5 at the origin (the toy world and the initial ball): the object
+# fills 55-85 % of the frame height. The official code uses radius [1.0, 1.5] and fovy [40, 70] for its
+# NeRF bound; elevation [-10, 45] is threestudio's configs/prolificdreamer.yaml.
+DEFAULT_RANGES = CameraRanges(radius=(1.6, 2.0), elevation=(-10.0, 45.0), azimuth=(-180.0, 180.0), fovy=(40.0, 50.0))
+
+
 def sample(
     num: int, ranges: CameraRanges, width: int, height: int, generator: torch.Generator | None = None
 ) -> Cameras:
@@ -220,7 +226,7 @@ def sample(
 
 
 def turntable(
-    num: int, width: int, height: int, elevation: float = 15.0, radius: float = 2.2, fovy: float = 45.0
+    num: int, width: int, height: int, elevation: float = 15.0, radius: float = 1.8, fovy: float = 45.0
 ) -> Cameras:
     """`num` cameras evenly spaced in azimuth, starting at the front, at one elevation."""
     azimuth = torch.arange(num, dtype=torch.float32) * (360.0 / num)
@@ -228,7 +234,7 @@ def turntable(
     return orbit(full(elevation), azimuth, full(radius), full(fovy), width, height)
 
 
-def evaluation_views(width: int, height: int, radius: float = 2.2, fovy: float = 45.0) -> Cameras:
+def evaluation_views(width: int, height: int, radius: float = 1.8, fovy: float = 45.0) -> Cameras:
     """The fixed views results are measured from: 8 azimuths at elevation 15 plus 4 at elevation 45."""
     low = turntable(8, width, height, elevation=15.0, radius=radius, fovy=fovy)
     high = turntable(4, width, height, elevation=45.0, radius=radius, fovy=fovy)
