@@ -1,0 +1,171 @@
+"""The `splatdreamer` command: generate, render, convert, doctor, toy train, toy eval.
+
+Every subcommand parses a dataclass with tyro, so each field's docstring is its `--help`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from splatdreamer.config import GenerateConfig, load_json
+from splatdreamer.errors import ConfigError, SplatdreamerError
+from splatdreamer.presets import PRESETS
+
+USAGE = """usage: splatdreamer {generate,render,convert,doctor,toy} ...
+
+  generate   text to 3D Gaussian splats: splatdreamer generate --preset toy --prompt "a red ball"
+  render     turntable PNG/GIF of any 3DGS .ply: splatdreamer render FILE.ply
+  convert    .ply to .splat or SuperSplat's compressed .ply: splatdreamer convert IN.ply OUT.splat
+  doctor     what this machine can do (CUDA, gsplat kernels, priors) and what to do next
+  toy        the toy world: `splatdreamer toy train`, `splatdreamer toy eval`
+
+`splatdreamer SUBCOMMAND --help` lists every flag."""
+
+
+@dataclass
+class RenderCommand:
+    """Render a turntable of a 3DGS .ply: a contact sheet (.png) and an animated .gif beside it."""
+
+    file: tyro.conf.Positional[Path]
+    """The .ply to render (the standard 3DGS layout)."""
+    out: Path | None = None
+    """Output stem; None = next to the file (FILE.png, FILE.gif)."""
+    size: int = 256
+    """Image size in pixels."""
+    frames: int = 36
+    """Turntable frames."""
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Background RGB in [0, 1]."""
+    backend: Literal["auto", "gsplat", "reference"] = "auto"
+    """Rasterizer."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to render."""
+
+
+@dataclass
+class ConvertCommand:
+    """Convert a 3DGS .ply to another splat format."""
+
+    input: tyro.conf.Positional[Path]
+    """The .ply to read."""
+    output: tyro.conf.Positional[Path]
+    """Where to write: the suffix picks the format (.splat, .compressed.ply, .ply)."""
+
+
+def _split_preset(args: list[str]) -> tuple[GenerateConfig, list[str]]:
+    """Take `--preset NAME` / `--config FILE` out of the arguments and return the base config they name."""
+    base, rest, i = None, [], 0
+    while i < len(args):
+        arg = args[i]
+        name, _, value = arg.partition("=")
+        if name in ("--preset", "--config"):
+            if not value:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"{name} needs a value")
+                value, i = args[i + 1], i + 1
+            if name == "--preset":
+                if value not in PRESETS:
+                    raise ConfigError(f"unknown preset {value!r}; choose one of: {', '.join(PRESETS)}")
+                base = PRESETS[value]()
+            else:
+                base = load_json(Path(value))
+        else:
+            rest.append(arg)
+        i += 1
+    return base or PRESETS["default"](), rest
+
+
+def cmd_generate(args: list[str]) -> None:
+    from splatdreamer.generate import generate
+
+    base, rest = _split_preset(args)
+    description = (
+        "Text to 3D Gaussian splats with Variational Score Distillation.\n\n"
+        f"--preset NAME starts from a named configuration ({', '.join(PRESETS)}); "
+        "--config FILE from a run's saved config.json. Flags given after it override it."
+    )
+    config = tyro.cli(GenerateConfig, args=rest, default=base, prog="splatdreamer generate", description=description)
+    generate(config)
+
+
+def cmd_render(args: list[str]) -> None:
+    from splatdreamer.generate import resolve_device
+    from splatdreamer.io.ply import load_ply
+    from splatdreamer.preview import write_previews
+    from splatdreamer.render import resolve_backend
+
+    cmd = tyro.cli(RenderCommand, args=args, prog="splatdreamer render")
+    device = resolve_device(cmd.device)
+    splats = load_ply(cmd.file, requires_grad=False).to(device)
+    stem = cmd.out or cmd.file.with_suffix("")
+    backend = resolve_backend(cmd.backend, device)
+    sheet, gif = write_previews(splats, stem, cmd.size, cmd.frames, cmd.background, backend)
+    print(f"wrote {sheet} and {gif}")
+
+
+def cmd_convert(args: list[str]) -> None:
+    from splatdreamer.io.export import export, format_from_path
+    from splatdreamer.io.ply import load_ply
+
+    cmd = tyro.cli(ConvertCommand, args=args, prog="splatdreamer convert")
+    splats = load_ply(cmd.input, requires_grad=False)
+    export(splats, cmd.output, format_from_path(cmd.output))
+    print(f"wrote {cmd.output}")
+
+
+def cmd_doctor(args: list[str]) -> None:
+    from splatdreamer.doctor import doctor
+
+    tyro.cli(lambda: None, args=args, prog="splatdreamer doctor", description="What this machine can do.")
+    doctor()
+
+
+def cmd_toy(args: list[str]) -> None:
+    if not args or args[0] not in ("train", "eval"):
+        raise ConfigError("usage: splatdreamer toy {train,eval} [--help]")
+    if args[0] == "train":
+        from splatdreamer.toy.train import ToyTrainConfig, train
+
+        train(tyro.cli(ToyTrainConfig, args=args[1:], prog="splatdreamer toy train"))
+    else:
+        from splatdreamer.toy.evaluate import ToyEvalConfig, evaluate
+
+        evaluate(tyro.cli(ToyEvalConfig, args=args[1:], prog="splatdreamer toy eval"))
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "render": cmd_render,
+    "convert": cmd_convert,
+    "doctor": cmd_doctor,
+    "toy": cmd_toy,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"splatdreamer: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        command(argv[1:])
+    except SplatdreamerError as e:
+        print(f"splatdreamer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nsplatdreamer: interrupted; a checkpoint was saved, continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""The generation loop: n particles of Gaussians distilled from a diffusion prior with VSD (or SDS).
+
+One step (ProlificDreamer Algorithm 1, with Gaussians for NeRFs):
+  1. every particle renders `views_per_particle` random cameras;
+  2. the prior encodes all renders in one batch; t and noise are drawn;
+  3. theta step: the surrogate loss whose gradient is w(t) (eps_pretrained - eps_phi) moves the Gaussians;
+  4. phi step: the LoRA learns the current renders (detached) with the ordinary diffusion loss;
+  5. each particle's densify/prune strategy runs on its own Gaussians.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from splatdreamer import cameras as cams
+from splatdreamer import vsd
+from splatdreamer.background import sample_background
+from splatdreamer.config import TOY_PRIOR, GenerateConfig, load_json, prompt_slug, save_json
+from splatdreamer.errors import BackendUnavailableError, ConfigError, NonFiniteError
+from splatdreamer.io.atomic import atomic_save_torch, atomic_write
+from splatdreamer.io.export import export
+from splatdreamer.optimize import ParticleOptimizer
+from splatdreamer.preview import write_previews
+from splatdreamer.prior import DiffusionPrior
+from splatdreamer.render import render, resolve_backend
+from splatdreamer.splats import check_finite, num_gaussians, random_ball
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class Progress:
+    """What the loop reports after every step (to the progress bar and to a user's callback)."""
+
+    step: int  # steps done so far
+    total: int
+    loss_vsd: float
+    loss_phi: float
+    num_gaussians: list[int]
+    t_mean: float
+    seconds: float  # since this process started the loop
+
+
+@dataclass
+class Result:
+    """What a finished generation produced."""
+
+    run_dir: Path
+    particles: list[torch.nn.ParameterDict]
+    files: list[Path]  # per particle, the first export format's file
+    previews: list[Path]  # per particle, a PNG contact sheet of fixed views
+    turntables: list[Path]  # per particle, an animated GIF
+    metrics: Path
+    extra_files: list[Path] = field(default_factory=list)  # other export formats
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            "--device cuda was asked for, but this PyTorch has no usable CUDA device "
+            f"(torch {torch.__version__}); use --device cpu, or install a CUDA build of torch on a GPU machine"
+        )
+    return torch.device(name)
+
+
+def resolve_prior_name(name: str) -> str:
+    """'toy' -> the prior directory shipped inside the package."""
+    if name == TOY_PRIOR:
+        return str(Path(__file__).parent / "toy" / "prior")
+    return name
+
+
+def _prepare_run_dir(config: GenerateConfig) -> tuple[GenerateConfig, Path, bool]:
+    """Returns the config to run, its folder and whether a checkpoint is to be resumed."""
+    if config.resume is not None:
+        run_dir = Path(config.resume)
+        if not (run_dir / CONFIG).is_file():
+            raise ConfigError(f"--resume {run_dir}: no {CONFIG} there; give the folder of an earlier run")
+        saved = load_json(run_dir / CONFIG)
+        saved.resume = run_dir
+        return saved, run_dir, (run_dir / CHECKPOINT).is_file()
+    run_dir = Path(config.output.out_dir or Path("runs") / prompt_slug(config.prompt))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not config.output.overwrite:
+            raise ConfigError(
+                f"the output folder {run_dir} already exists; pass --output.overwrite to replace it, "
+                f"--resume {run_dir} to continue it, or --output.out-dir to choose another"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = dataclasses.replace(config, output=dataclasses.replace(config.output, out_dir=run_dir, overwrite=False))
+    save_json(saved, run_dir / CONFIG)
+    return saved, run_dir, False
+
+
+class Generation:
+    """The state of one run; `generate()` is the public door."""
+
+    def __init__(self, config: GenerateConfig, run_dir: Path) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.device = resolve_device(config.device)
+        self.backend = resolve_backend(config.splats.backend, self.device)
+        torch.manual_seed(config.seed)  # gsplat's split draws from the global generator
+        self.gen_cpu = torch.Generator().manual_seed(config.seed)  # cameras, backgrounds, timesteps
+        self.gen_dev = torch.Generator(device=self.device).manual_seed(config.seed + 1)  # noise, VAE, phi
+
+        dtype = None if config.prior.dtype == "auto" else getattr(torch, config.prior.dtype)
+        self.prior = DiffusionPrior.from_pretrained(
+            resolve_prior_name(config.prior.name), device=self.device, dtype=dtype, lora_rank=config.prior.lora_rank
+        )
+        self.text = self.prior.text_embeddings(config.prompt, config.negative_prompt)
+        self.resolution = config.splats.resolution or self.prior.resolution
+        self.schedule = vsd.TimestepSchedule(
+            t_min=config.vsd.t_min,
+            t_max=config.vsd.t_max,
+            t_max_annealed=config.vsd.t_max_annealed,
+            anneal_step=config.vsd.anneal_step,
+        )
+
+        self.particles = [
+            random_ball(
+                config.splats.num_init,
+                radius=config.splats.init_radius,
+                init_scale=config.splats.init_scale,
+                init_opacity=config.splats.init_opacity,
+                sh_degree=config.splats.sh_degree,
+                generator=self.gen_cpu,
+            ).to(self.device)
+            for _ in range(config.particles)
+        ]
+        self.optimizers = [
+            ParticleOptimizer(p, config.splats, config.strategy, config.steps, scene_scale=config.splats.init_radius)
+            for p in self.particles
+        ]
+        warmup = max(config.prior.phi_warmup_steps, 1)
+        self.phi_optimizer = torch.optim.AdamW(self.prior.phi_parameters(), lr=config.prior.phi_lr)
+        self.phi_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.phi_optimizer, lambda i: min(1.0, (i + 1) / warmup)  # official utils.py: linear warm-up
+        )
+        self.step = 0
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self) -> Progress:
+        cfg = self.config
+        views = cfg.vsd.views_per_particle
+        renders, cameras = [], []
+        for particle, opt in zip(self.particles, self.optimizers):
+            cam = cams.sample(views, cfg.cameras.ranges(), self.resolution, self.resolution, self.gen_cpu)
+            bg = sample_background(cfg.cameras.background, views, self.gen_cpu).to(self.device)
+            out = render(
+                particle,
+                cam.to(self.device),
+                bg,
+                backend=self.backend,
+                rasterize_mode=cfg.splats.rasterize_mode,
+                packed=cfg.splats.packed,
+            )
+            opt.pre_backward(self.step, out.info)
+            renders.append(out)
+            cameras.append(cam)
+        all_cams = cams.Cameras.cat(cameras).to(self.device)
+        images = torch.cat([r.rgb for r in renders])  # [K*V, 3, H, W], particles x views in one batch
+        batch = images.shape[0]
+        labels = all_cams.view_labels() if cfg.vsd.view_dependent_prompts else None
+        camera = all_cams.condition()
+
+        latents = self.prior.encode_images(images, generator=self.gen_dev)
+        t = self.schedule.sample(batch, self.step, self.gen_cpu).to(self.device)
+        out = vsd.score_distillation(
+            self.prior,
+            latents,
+            t,
+            text=self.text,
+            view_labels=labels,
+            camera=camera,
+            mode=cfg.vsd.mode,
+            cfg_scale=cfg.vsd.cfg_scale,
+            phi_cfg_scale=cfg.prior.phi_cfg_scale,
+            grad_clip=cfg.vsd.grad_clip,
+            generator=self.gen_dev,
+        )
+        if not torch.isfinite(out.loss):
+            raise NonFiniteError(
+                f"the VSD loss became {out.loss.item()} at step {self.step}; lower --vsd.cfg-scale or the "
+                "learning rates, or resume from the last checkpoint"
+            )
+        out.loss.backward()
+        for k, (opt, r) in enumerate(zip(self.optimizers, renders)):
+            opt.step(self.step, r.info, packed=cfg.splats.packed)
+            check_finite(opt.splats, f"particle {k} at step {self.step}")
+
+        loss_phi = 0.0
+        if cfg.vsd.mode == "vsd":
+            x0 = latents.detach()
+            for _ in range(cfg.prior.phi_steps):
+                phi_loss = self.prior.phi_loss(
+                    x0, self.text.plain(batch), camera, generator=self.gen_dev, camera_dropout=cfg.prior.camera_dropout
+                )
+                phi_loss.backward()
+                self.phi_optimizer.step()
+                self.phi_optimizer.zero_grad(set_to_none=True)
+                self.phi_schedule.step()
+                loss_phi = phi_loss.item()
+        self.step += 1
+        return Progress(
+            step=self.step,
+            total=cfg.steps,
+            loss_vsd=out.loss.item(),
+            loss_phi=loss_phi,
+            num_gaussians=[num_gaussians(p) for p in self.particles],
+            t_mean=t.float().mean().item(),
+            seconds=0.0,
+        )
+
+    def particles_are_finite(self) -> bool:
+        return all(torch.isfinite(p[k]).all() for p in self.particles for k in p.keys())
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> None:
+        state = {
+            "step": self.step,
+            "particles": [opt.state_dict() for opt in self.optimizers],
+            "phi": self.prior.phi_state_dict(),
+            "phi_optimizer": self.phi_optimizer.state_dict(),
+            "phi_schedule": self.phi_schedule.state_dict(),
+            "rng_global": torch.get_rng_state(),
+            "rng_cpu": self.gen_cpu.get_state(),
+            "rng_dev": self.gen_dev.get_state(),
+        }
+        atomic_save_torch(state, self.run_dir / CHECKPOINT)
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        self.step = state["step"]
+        for opt, data in zip(self.optimizers, state["particles"], strict=True):
+            opt.load_state_dict(data)
+        self.prior.load_phi_state_dict(state["phi"])
+        self.phi_optimizer.load_state_dict(state["phi_optimizer"])
+        self.phi_schedule.load_state_dict(state["phi_schedule"])
+        torch.set_rng_state(state["rng_global"].cpu())
+        self.gen_cpu.set_state(state["rng_cpu"].cpu())
+        self.gen_dev.set_state(state["rng_dev"])
+        _truncate_metrics(self.run_dir / METRICS, self.step)
+
+    # ---------------------------------------------------------------- outputs
+    def write_preview(self) -> None:
+        size = self.config.output.preview_size
+        from splatdreamer.io.images import contact_sheet, save_png
+        from splatdreamer.preview import render_views
+
+        views = cams.turntable(4, size, size)
+        images = torch.cat([render_views(p, views, backend=self.backend) for p in self.particles])
+        save_png(contact_sheet(images, columns=4), self.run_dir / "previews" / f"step_{self.step:06d}.png")
+
+    def write_results(self) -> Result:
+        out = self.config.output
+        files, extra, sheets, gifs = [], [], [], []
+        for k, particle in enumerate(self.particles):
+            check_finite(particle, f"particle {k}")
+            stem = self.run_dir / f"particle_{k}"
+            for i, fmt in enumerate(out.formats):
+                suffix = {"ply": ".ply", "splat": ".splat", "ply_compressed": ".compressed.ply"}[fmt]
+                path = stem.with_name(stem.name + suffix)
+                export(particle, path, fmt)
+                (files if i == 0 else extra).append(path)
+            sheet, gif = write_previews(particle, stem, out.preview_size, out.turntable_frames, backend=self.backend)
+            sheets.append(sheet)
+            gifs.append(gif)
+        return Result(self.run_dir, self.particles, files, sheets, gifs, self.run_dir / METRICS, extra)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines of steps after the checkpoint (they will be run again)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    with atomic_write(path, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+@contextlib.contextmanager
+def _interrupt_between_steps():
+    """Turn the first Ctrl-C into a flag checked between steps (so the checkpoint is consistent);
+    a second Ctrl-C interrupts at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None = None) -> Result:
+    """Run a generation (or continue one, with `config.resume`) and write its files.
+
+    Returns the particles and the paths of everything written. `callback` is called after every step
+    with a `Progress`. Ctrl-C saves a checkpoint before re-raising, so `--resume` can continue the run.
+    """
+    if config.resume is None:
+        config.validate()
+    config, run_dir, has_checkpoint = _prepare_run_dir(config)
+    config.validate()
+    run = Generation(config, run_dir)
+    if has_checkpoint:
+        run.load_checkpoint()
+    out = config.output
+    start = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=run.step, desc="splatdreamer", unit="step", dynamic_ncols=True)
+    at_step_boundary = True
+    try:
+        with open(run_dir / METRICS, "a") as metrics, _interrupt_between_steps() as interrupted:
+            while run.step < config.steps:
+                at_step_boundary = False
+                progress = run.train_step()
+                at_step_boundary = True
+                progress.seconds = time.perf_counter() - start
+                metrics.write(json.dumps(dataclasses.asdict(progress)) + "\n")
+                metrics.flush()
+                bar.update(1)
+                bar.set_postfix(vsd=f"{progress.loss_vsd:.4f}", phi=f"{progress.loss_phi:.4f}",
+                                gaussians="/".join(map(str, progress.num_gaussians)), t=int(progress.t_mean))  # fmt: skip
+                if callback is not None:
+                    callback(progress)
+                if out.preview_every and run.step % out.preview_every == 0:
+                    run.write_preview()
+                if out.checkpoint_every and run.step % out.checkpoint_every == 0:
+                    run.save_checkpoint()
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        bar.close()
+        # Only a state between two steps resumes exactly; otherwise the last periodic checkpoint stays.
+        if at_step_boundary:
+            run.save_checkpoint()
+        raise
+    except NonFiniteError as e:
+        bar.close()
+        if run.particles_are_finite():
+            run.save_checkpoint()  # the loss went bad before any Gaussian was touched
+            raise NonFiniteError(f"{e} (checkpoint of step {run.step} saved in {run_dir})") from None
+        raise NonFiniteError(f"{e} (the last periodic checkpoint in {run_dir} is intact)") from None
+    bar.close()
+    run.save_checkpoint()
+    result = run.write_results()
+    print(
+        f"splatdreamer: {config.steps} steps in {time.perf_counter() - start:.0f} s; "
+        f"{len(result.files)} particle(s) in {run_dir}/ ({', '.join(p.name for p in result.files)}, previews .png/.gif)"
+    )
+    return result

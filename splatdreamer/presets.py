@@ -1,0 +1,42 @@
+"""Named starting points for `splatdreamer generate --preset NAME`; flags override them."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from splatdreamer.config import TOY_PRIOR, GenerateConfig, OutputConfig, PriorConfig, SplatConfig, StrategyConfig, VSDConfig
+
+
+def default() -> GenerateConfig:
+    """Stable Diffusion 2.1-base at 512 px, one particle, 2000 steps."""
+    return GenerateConfig()
+
+
+def paper() -> GenerateConfig:
+    """ProlificDreamer's setting: 4 particles, CFG 7.5, t annealed to [20, 500] (official run.sh / README)."""
+    return GenerateConfig(particles=4, steps=5000, vsd=VSDConfig(anneal_step=2000))
+
+
+def fast() -> GenerateConfig:
+    """A quick look with Stable Diffusion: 600 steps of 4 views at 256 px."""
+    return GenerateConfig(
+        steps=600,
+        vsd=VSDConfig(views_per_particle=4, anneal_step=300),
+        splats=SplatConfig(resolution=256, lr_means=3e-3),
+        strategy=StrategyConfig(refine_start=50, refine_every=50),
+    )
+
+
+def toy() -> GenerateConfig:
+    """The embedded toy prior on a CPU in a few minutes (32 px, 4 views per step)."""
+    return GenerateConfig(
+        steps=300,
+        prior=PriorConfig(name=TOY_PRIOR, phi_lr=1e-3, phi_warmup_steps=20),
+        vsd=VSDConfig(views_per_particle=4, anneal_step=150),
+        splats=SplatConfig(num_init=1024, lr_means=3e-3, lr_means_final=1e-4),
+        strategy=StrategyConfig(refine_start=50, refine_every=50),
+        output=OutputConfig(preview_every=100, checkpoint_every=100, preview_size=96),
+    )
+
+
+PRESETS: dict[str, Callable[[], GenerateConfig]] = {"default": default, "paper": paper, "fast": fast, "toy": toy}
