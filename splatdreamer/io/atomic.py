@@ -1,0 +1,73 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never a half-written one.
+
+Every file splatdreamer writes (checkpoints, exports, previews, configs) goes through
+`atomic_write`, so a crash, Ctrl-C or full disk mid-write leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path` for writing; on success it replaces `path` atomically.
+
+    `mode` is "wb" (bytes) or "w" (UTF-8 text with "\\n" line endings). Missing parent
+    directories are created. The temporary file (`.<name>.<random>.tmp` in the same directory,
+    so `os.replace` never crosses filesystems) is flushed and fsynced before the rename, and
+    removed if the block raises anything, KeyboardInterrupt included. The new file gets the
+    permissions a plain `open(path, "w")` would give it (0o666 minus the umask).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write supports mode 'wb' or 'w', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # os.open with O_EXCL and mode 0o666 applies the umask, unlike tempfile's private 0o600.
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with open(fd, mode, encoding="utf-8" if mode == "w" else None, newline="\n" if mode == "w" else None) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable on POSIX. Best effort: Windows cannot open directories and
+    some network filesystems reject fsync on them, and the file is already complete by then."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save(obj, path)` through `atomic_write`, so an interrupted save keeps the old checkpoint."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)

@@ -1,0 +1,507 @@
+import os
+import tracemalloc
+
+import numpy as np
+import plyfile
+import pytest
+import torch
+from gsplat import export_splats
+from PIL import Image
+
+from splatdreamer import splats as S
+from splatdreamer.errors import ConfigError, NonFiniteError, PlyFormatError
+from splatdreamer.io import ply as ply_module
+from splatdreamer.io.atomic import atomic_save_torch, atomic_write
+from splatdreamer.io.export import export, format_from_path
+from splatdreamer.io.images import GUTTER_VALUE, contact_sheet, save_gif, save_png, to_uint8
+from splatdreamer.io.ply import load_ply, save_ply
+
+REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+            "rot_0", "rot_1", "rot_2", "rot_3"]  # fmt: skip
+
+
+def particle(n: int, sh_degree: int, seed: int = 0, edge_values: bool = True) -> torch.nn.ParameterDict:
+    """Random values in every tensor (quats not normalised); with `edge_values`, float32 edge cases
+    in row 0's position."""
+    g = torch.Generator().manual_seed(seed)
+    k1 = (sh_degree + 1) ** 2 - 1
+    p = S.from_tensors(
+        means=torch.randn(n, 3, generator=g),
+        scales=torch.randn(n, 3, generator=g) - 3,
+        quats=torch.randn(n, 4, generator=g) * 2,
+        opacities=torch.randn(n, generator=g),
+        sh0=torch.randn(n, 1, 3, generator=g),
+        shN=torch.randn(n, k1, 3, generator=g),
+    )
+    if edge_values:
+        with torch.no_grad():
+            p["means"][0] = torch.tensor([-0.0, 1e-40, 3.0e38])  # negative zero, subnormal, near max
+    return p
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw float32 bits, so -0.0 != 0.0 in comparisons."""
+    return t.detach().contiguous().view(torch.int32)
+
+
+def write_ply(path, columns: dict[str, np.ndarray], text=False, byte_order="<", dtype="f4") -> None:
+    """A vertex-only PLY with the given properties in the given order, written by plyfile itself."""
+    n = len(next(iter(columns.values())))
+    data = np.empty(n, dtype=[(name, dtype) for name in columns])
+    for name, values in columns.items():
+        data[name] = values
+    plyfile.PlyData([plyfile.PlyElement.describe(data, "vertex")], text=text, byte_order=byte_order).write(str(path))
+
+
+def inria_columns(p: torch.nn.ParameterDict) -> dict[str, np.ndarray]:
+    """The particle's values under the standard property names (f_rest channel-major)."""
+    n = p["means"].shape[0]
+    flat = {
+        "x": p["means"][:, 0], "y": p["means"][:, 1], "z": p["means"][:, 2],
+        **{f"f_dc_{i}": p["sh0"][:, 0, i] for i in range(3)},
+        "opacity": p["opacities"],
+        **{f"scale_{i}": p["scales"][:, i] for i in range(3)},
+        **{f"rot_{i}": p["quats"][:, i] for i in range(4)},
+    }  # fmt: skip
+    rest = p["shN"].transpose(1, 2).reshape(n, -1)
+    flat.update({f"f_rest_{i}": rest[:, i] for i in range(rest.shape[1])})
+    return {k: v.detach().numpy() for k, v in flat.items()}
+
+
+# ------------------------------------------------------------------------------------- atomic
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    target = tmp_path / "sub" / "dir" / "f.txt"
+    with atomic_write(target, "w") as f:
+        f.write("first\n")
+    assert target.read_text() == "first\n"  # missing parents are created
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_write(target, "w") as f:
+            f.write("second, half written")
+            raise RuntimeError("boom")
+    assert target.read_text() == "first\n"
+    assert os.listdir(target.parent) == ["f.txt"]  # the temporary file is gone
+
+    with atomic_write(target, "wb") as f:
+        f.write(b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert target.stat().st_mode == plain.stat().st_mode  # umask applies, not tempfile's 0o600
+
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_write(target, "a"):
+            pass
+
+
+def test_atomic_save_torch(tmp_path):
+    state = {"step": 7, "w": torch.arange(5.0)}
+    atomic_save_torch(state, tmp_path / "ckpt.pt")
+    loaded = torch.load(tmp_path / "ckpt.pt")
+    assert loaded["step"] == 7 and torch.equal(loaded["w"], state["w"])
+
+
+# --------------------------------------------------------------------------------- ply write
+
+
+@pytest.mark.parametrize("degree", [0, 3])
+def test_ply_round_trip_is_bit_exact(tmp_path, degree):
+    p = particle(37, degree)
+    assert save_ply(p, tmp_path / "p.ply") == 37
+    q = load_ply(tmp_path / "p.ply")
+    assert S.sh_degree_of(q) == degree
+    for k in S.KEYS:
+        assert q[k].shape == p[k].shape and q[k].dtype == torch.float32
+        assert torch.equal(bits(q[k]), bits(p[k])), k
+        assert q[k].requires_grad
+    assert not any(v.requires_grad for v in load_ply(tmp_path / "p.ply", requires_grad=False).values())
+
+
+def test_ply_header_and_layout_are_standard(tmp_path):
+    p = particle(4, sh_degree=1)
+    save_ply(p, tmp_path / "p.ply")
+    raw = (tmp_path / "p.ply").read_bytes()
+    names = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(9)]
+             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])  # fmt: skip
+    header = "ply\nformat binary_little_endian 1.0\nelement vertex 4\n"
+    header += "".join(f"property float {n}\n" for n in names) + "end_header\n"
+    assert raw[: len(header)] == header.encode("ascii")
+    rows = np.frombuffer(raw[len(header) :], dtype="<f4").reshape(4, len(names))
+    col = {n: rows[:, i] for i, n in enumerate(names)}
+    assert (rows[:, 3:6] == 0).all()  # zero normals
+    # Channel-major f_rest: the three R coefficients, then G, then B.
+    np.testing.assert_array_equal(col["f_rest_0"], p["shN"][:, 0, 0].detach().numpy())
+    np.testing.assert_array_equal(col["f_rest_2"], p["shN"][:, 2, 0].detach().numpy())
+    np.testing.assert_array_equal(col["f_rest_3"], p["shN"][:, 0, 1].detach().numpy())
+    np.testing.assert_array_equal(col["f_rest_8"], p["shN"][:, 2, 2].detach().numpy())
+    np.testing.assert_array_equal(col["opacity"], p["opacities"].detach().numpy())  # logit, as stored
+    np.testing.assert_array_equal(col["scale_1"], p["scales"][:, 1].detach().numpy())  # log, as stored
+    np.testing.assert_array_equal(col["rot_0"], p["quats"][:, 0].detach().numpy())  # w, not normalised
+
+
+def test_save_ply_leaves_out_nonfinite_gaussians_with_a_warning(tmp_path):
+    p = particle(5, sh_degree=1)
+    with torch.no_grad():
+        p["opacities"][1] = float("nan")
+        p["shN"][3, 2, 1] = float("inf")
+    with pytest.warns(RuntimeWarning, match="left out 2 of 5"):
+        assert save_ply(p, tmp_path / "p.ply") == 3
+    q = load_ply(tmp_path / "p.ply")
+    keep = torch.tensor([0, 2, 4])
+    for k in S.KEYS:
+        assert torch.equal(q[k], p[k][keep]), k
+
+    with torch.no_grad():
+        p["means"][:] = float("nan")
+    with pytest.raises(NonFiniteError, match="all 5 Gaussians"):
+        save_ply(p, tmp_path / "nan.ply")
+    assert not (tmp_path / "nan.ply").exists()
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "p.ply"
+    save_ply(particle(3, 0), target)
+    before = target.read_bytes()
+
+    def write_half_then_fail(self, stream):
+        stream.write(b"ply\nformat binary_little_endian 1.0\n")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ply_module.PlyData, "write", write_half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        save_ply(particle(3, 0, seed=1), target)
+    with pytest.raises(OSError, match="No space"):
+        save_ply(particle(3, 0, seed=1), tmp_path / "new.ply")
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["p.ply"]
+
+
+# ---------------------------------------------------------------------------------- ply read
+
+
+@pytest.mark.parametrize("text,byte_order,dtype", [(False, "<", "f4"), (False, ">", "f4"), (True, "=", "f4"),
+                                                   (False, "<", "f8")])  # fmt: skip
+def test_load_reads_by_name_in_any_order_without_normals(tmp_path, text, byte_order, dtype):
+    p = particle(6, sh_degree=2)
+    columns = inria_columns(p)
+    names = list(columns)[::-1]  # reversed order, no normals, one extra property
+    write_ply(tmp_path / "v.ply", {"red": np.zeros(6), **{n: columns[n] for n in names}}, text, byte_order, dtype)
+    q = load_ply(tmp_path / "v.ply")
+    assert S.sh_degree_of(q) == 2
+    for k in S.KEYS:
+        assert torch.equal(q[k], p[k]), k  # float32 values survive ascii ("%.18g") and doubles exactly
+
+
+def test_load_accepts_crlf_header(tmp_path):
+    p = particle(3, 0)
+    save_ply(p, tmp_path / "p.ply")
+    raw = (tmp_path / "p.ply").read_bytes()
+    end = raw.index(b"end_header\n") + len(b"end_header\n")
+    (tmp_path / "crlf.ply").write_bytes(raw[:end].replace(b"\n", b"\r\n") + raw[end:])
+    q = load_ply(tmp_path / "crlf.ply")
+    for k in S.KEYS:
+        assert torch.equal(q[k], p[k]), k
+
+
+def test_load_reads_gsplat_exports(tmp_path):
+    p = particle(9, sh_degree=3)
+    export_splats(**{k: p[k].detach() for k in S.KEYS}, format="ply", save_to=str(tmp_path / "g.ply"))
+    q = load_ply(tmp_path / "g.ply")
+    for k in S.KEYS:
+        assert torch.equal(q[k], p[k]), k
+
+
+def valid_ply_bytes(tmp_path, n=10) -> bytes:
+    save_ply(particle(n, 0), tmp_path / "valid.ply")
+    return (tmp_path / "valid.ply").read_bytes()
+
+
+def malformed(tmp_path, case: str) -> bytes:
+    """The bytes of a broken file; several start from a valid 10-Gaussian degree-0 file."""
+    good = valid_ply_bytes(tmp_path)
+    header_end = good.index(b"end_header\n")
+    match case:
+        case "truncated":
+            return good[:-10]
+        case "extra bytes":
+            return good + b"\x00" * 8
+        case "absurd count":
+            return good.replace(b"element vertex 10\n", b"element vertex 1000000000000\n")
+        case "text garbage":
+            return b"hello, this is not a point cloud\n" * 20
+        case "empty":
+            return b""
+        case "huge header":
+            return b"ply\nformat binary_little_endian 1.0\n" + b"comment " + b"x" * 200_000 + b"\nend_header\n"
+        case "list property":
+            return good[:header_end] + b"property list uchar int vertex_indices\n" + good[header_end:]
+        case "no end_header":
+            return good[:header_end]
+        case "bad format":
+            return good.replace(b"binary_little_endian 1.0", b"binary_middle_endian 1.0")
+        case "non-ascii header":
+            return good.replace(b"property float nx", b"property float n\xff")
+        case "unknown header line":
+            return good.replace(b"element vertex 10\n", b"element vertex 10\nfoo bar\n")
+        case "duplicate property":
+            return good.replace(b"property float ny", b"property float nx")
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case,problem",
+    [
+        ("truncated", "truncated"),
+        ("extra bytes", "8 unexpected bytes"),
+        ("absurd count", "claims 1000000000000 vertex rows"),
+        ("text garbage", "not a PLY file"),
+        ("empty", "empty"),
+        ("huge header", "no 'end_header' within the first 64 KiB"),
+        ("list property", "list property"),
+        ("no end_header", "no 'end_header'"),
+        ("bad format", "format"),
+        ("non-ascii header", "non-ASCII"),
+        ("unknown header line", "'foo bar'"),
+        ("duplicate property", "'nx' appears twice"),
+    ],
+)
+def test_malformed_files_raise_ply_format_error(tmp_path, case, problem):
+    path = tmp_path / "broken.ply"
+    path.write_bytes(malformed(tmp_path, case))
+    with pytest.raises(PlyFormatError, match=problem) as info:
+        load_ply(path)
+    assert str(path) in str(info.value)
+    # No plyfile/numpy traceback rides along as the cause or context.
+    assert info.value.__cause__ is None and (info.value.__context__ is None or info.value.__suppress_context__)
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_absurd_vertex_count_fails_before_allocating(tmp_path, text):
+    path = tmp_path / "huge.ply"
+    if text:  # plyfile's ascii reader would np.empty() all claimed rows before reading one
+        write_ply(path, inria_columns(particle(10, 0)), text=True)
+        path.write_bytes(path.read_bytes().replace(b"element vertex 10\n", b"element vertex 1000000000000\n"))
+    else:
+        path.write_bytes(malformed(tmp_path, "absurd count"))
+    tracemalloc.start()
+    with pytest.raises(PlyFormatError):
+        load_ply(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1 << 20, peak  # the 10^12 rows (248 TB) are never allocated; the header read is 64 KiB
+
+
+def test_missing_property_is_named(tmp_path):
+    columns = inria_columns(particle(4, 0))
+    del columns["rot_3"]
+    write_ply(tmp_path / "m.ply", columns)
+    with pytest.raises(PlyFormatError, match="lacks rot_3"):
+        load_ply(tmp_path / "m.ply")
+
+
+def test_f_rest_count_must_fit_an_sh_degree(tmp_path):
+    columns = inria_columns(particle(4, 1))
+    del columns["f_rest_8"]
+    write_ply(tmp_path / "r.ply", columns)
+    with pytest.raises(PlyFormatError, match="8 f_rest properties fit no SH degree"):
+        load_ply(tmp_path / "r.ply")
+    columns = inria_columns(particle(4, 1))
+    columns["f_rest_9"] = columns.pop("f_rest_0")
+    write_ply(tmp_path / "g.ply", columns)
+    with pytest.raises(PlyFormatError, match="not numbered 0..8"):
+        load_ply(tmp_path / "g.ply")
+
+
+def test_nan_in_file_is_rejected(tmp_path):
+    columns = inria_columns(particle(4, 0))
+    columns["scale_2"][1] = np.nan
+    columns["x"][3] = np.inf
+    write_ply(tmp_path / "n.ply", columns)
+    with pytest.raises(PlyFormatError, match=r"2 Gaussians hold a NaN or Inf \(in x, scale_2\)"):
+        load_ply(tmp_path / "n.ply")
+
+
+def test_ascii_problems_and_missing_files(tmp_path):
+    columns = inria_columns(particle(3, 0))
+    write_ply(tmp_path / "a.ply", columns, text=True)
+    raw = (tmp_path / "a.ply").read_bytes()
+    lines = raw.split(b"\n")
+    lines[-2] = b"1 2 zz " + lines[-2].split(b" ", 3)[3]  # a value that is not a number
+    (tmp_path / "bad.ply").write_bytes(b"\n".join(lines))
+    with pytest.raises(PlyFormatError, match="unreadable vertex data"):
+        load_ply(tmp_path / "bad.ply")
+    (tmp_path / "short.ply").write_bytes(raw[: raw.index(b"end_header\n") + 20])
+    with pytest.raises(PlyFormatError, match="only 9 bytes of ascii data"):
+        load_ply(tmp_path / "short.ply")
+    with pytest.raises(PlyFormatError, match="cannot read"):
+        load_ply(tmp_path / "missing.ply")
+    with pytest.raises(PlyFormatError, match="cannot read"):
+        load_ply(tmp_path)  # a directory
+
+
+def test_compressed_ply_is_recognised_not_misread(tmp_path):
+    export(particle(20, 0), tmp_path / "c.compressed.ply", "ply_compressed")
+    with pytest.raises(PlyFormatError, match="compressed PLY"):
+        load_ply(tmp_path / "c.compressed.ply")
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def test_format_from_path():
+    assert format_from_path("a/b.ply") == "ply"
+    assert format_from_path("b.compressed.ply") == "ply_compressed"
+    assert format_from_path("B.COMPRESSED.PLY") == "ply_compressed"
+    assert format_from_path("x.ply.splat") == "splat"
+    with pytest.raises(ConfigError, match=r"\.compressed\.ply"):
+        format_from_path("b.obj")
+
+
+def test_export_ply_matches_save_ply(tmp_path):
+    p = particle(5, 1)
+    export(p, tmp_path / "e.ply", format_from_path(tmp_path / "e.ply"))
+    save_ply(p, tmp_path / "s.ply")
+    assert (tmp_path / "e.ply").read_bytes() == (tmp_path / "s.ply").read_bytes()
+    with pytest.raises(ConfigError, match="unknown export format"):
+        export(p, tmp_path / "e.xyz", "xyz")
+
+
+def test_splat_bytes_decode_to_the_particle(tmp_path):
+    n = 40
+    p = particle(n, 1)
+    with torch.no_grad():
+        p["opacities"][5] = float("nan")  # gsplat alone would then drop all 40 (notes/gsplat.md B9.2)
+    with pytest.warns(RuntimeWarning, match="left out 1 of 40"):
+        export(p, tmp_path / "p.splat", "splat")
+    raw = (tmp_path / "p.splat").read_bytes()
+    row = np.dtype([("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
+    assert row.itemsize == 32 and len(raw) == 32 * (n - 1)
+    rows = np.frombuffer(raw, row)
+    keep = [i for i in range(n) if i != 5]
+    means = p["means"].detach().numpy()[keep]
+    # Rows are reordered (Morton); positions are stored exactly, so they identify the Gaussians.
+    order = [int(np.flatnonzero((means == r).all(axis=1))[0]) for r in rows["pos"]]
+    assert sorted(order) == list(range(n - 1))
+    a = S.activate(p)
+    rgb = S.sh0_to_rgb(p["sh0"][:, 0]).detach().clamp(0, 1).numpy()[keep][order]
+    alpha = a.opacities.detach().numpy()[keep][order]
+    quats = a.quats.detach().numpy()[keep][order]
+    np.testing.assert_allclose(rows["scale"], a.scales.detach().numpy()[keep][order], rtol=1e-6)
+    # uint8 quantisation truncates: stored = floor(v * 255), i.e. within one step below v.
+    assert np.all(np.abs(rows["rgba"][:, :3] / 255.0 - rgb) <= 1 / 255 + 1e-6)
+    assert np.all(np.abs(rows["rgba"][:, 3] / 255.0 - alpha) <= 1 / 255 + 1e-6)
+    assert np.all(np.abs((rows["rot"].astype(np.float64) - 128) / 128 - quats) <= 1 / 128 + 1e-6)  # wxyz
+
+    export(S.from_tensors(*(p[k][:0] for k in S.KEYS)), tmp_path / "empty.splat", "splat")
+    assert (tmp_path / "empty.splat").read_bytes() == b""
+
+
+def decode_compressed(path):
+    """Positions [N, 3] and alphas [N] back from a compressed PLY (PlayCanvas's unpacking)."""
+    data = plyfile.PlyData.read(str(path))
+    chunk, vertex = data["chunk"].data, data["vertex"].data
+    which = np.arange(len(vertex)) // 256
+    packed = vertex["packed_position"].astype(np.int64)
+    unit = np.stack([(packed >> 21) / 2047, ((packed >> 11) & 1023) / 1023, (packed & 2047) / 2047], axis=1)
+    lo = np.stack([chunk[f"min_{c}"][which] for c in "xyz"], axis=1)
+    hi = np.stack([chunk[f"max_{c}"][which] for c in "xyz"], axis=1)
+    return lo + unit * (hi - lo), (vertex["packed_color"] & 255) / 255, hi - lo
+
+
+@pytest.mark.parametrize("degree", [0, 3])
+def test_compressed_ply_structure(tmp_path, degree):
+    n = 300  # two chunks of 256
+    p = particle(n, degree, edge_values=False)  # a 3e38 position would make its chunk's extent useless
+    with torch.no_grad():
+        p["opacities"][7] = -10.0  # sigmoid < 1/255: the format leaves it out
+    export(p, tmp_path / "p.compressed.ply", "ply_compressed")
+    data = plyfile.PlyData.read(str(tmp_path / "p.compressed.ply"))
+    elements = [e.name for e in data.elements]
+    assert elements == (["chunk", "vertex"] if degree == 0 else ["chunk", "vertex", "sh"])
+    assert data["chunk"].count == 2 and len(data["chunk"].properties) == 18
+    assert data["vertex"].count == n - 1
+    assert [q.name for q in data["vertex"].properties] == ["packed_position", "packed_rotation", "packed_scale",
+                                                           "packed_color"]  # fmt: skip
+    if degree == 3:
+        sh = data["sh"]
+        assert sh.count == n - 1 and [q.name for q in sh.properties] == [f"f_rest_{i}" for i in range(45)]
+        assert all(q.val_dtype == "u1" for q in sh.properties)
+
+    positions, alphas, extent = decode_compressed(tmp_path / "p.compressed.ply")
+    keep = [i for i in range(n) if i != 7]
+    means = p["means"].detach().numpy()[keep].astype(np.float64)
+    nearest = np.abs(positions[:, None, :] - means[None, :, :]).max(axis=2).argmin(axis=1)
+    assert sorted(nearest) == list(range(n - 1))  # every kept Gaussian decodes closest to itself
+    # 11/10/11-bit positions: error at most half a step of the chunk's extent per axis.
+    err = np.abs(positions - means[nearest])
+    assert np.all(err <= extent / np.array([2047, 1023, 2047]) / 2 + 1e-6)
+    opacity = torch.sigmoid(p["opacities"]).detach().numpy()[keep][nearest]
+    np.testing.assert_allclose(alphas, opacity, atol=0.5 / 255 + 1e-6)  # 8 bits, rounded
+
+
+def test_compressed_ply_refuses_an_invisible_particle(tmp_path):
+    p = particle(4, 0)
+    with torch.no_grad():
+        p["opacities"][:] = -10.0
+    with pytest.raises(ConfigError, match="opacity above 1/255"):
+        export(p, tmp_path / "p.compressed.ply", "ply_compressed")
+    assert not (tmp_path / "p.compressed.ply").exists()
+
+
+# ------------------------------------------------------------------------------------ images
+
+
+def test_to_uint8_rounds_clamps_and_moves_channels_last():
+    red = [[0.0, 1.0], [0.5, 2.0]]
+    green = [[-1.0, float("nan")], [0.2, 0.998]]
+    out = to_uint8(torch.tensor([[red, green, red]]))  # [1, 3, 2, 2]
+    assert out.dtype == np.uint8 and out.shape == (1, 2, 2, 3)
+    assert out[0, :, :, 0].tolist() == [[0, 255], [128, 255]]  # 0.5 * 255 = 127.5 rounds to 128
+    assert out[0, :, :, 1].tolist() == [[0, 0], [51, 254]]  # clamped; NaN -> 0
+
+
+def solid_images(colours: list[tuple[float, float, float]], h=4, w=3) -> torch.Tensor:
+    return torch.tensor(colours)[:, :, None, None].expand(-1, -1, h, w).clone()  # [B, 3, H, W]
+
+
+def test_contact_sheet_layout():
+    colours = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0), (0.0, 0.0, 0.0)]
+    sheet = contact_sheet(solid_images(colours))  # 5 images -> ceil(sqrt(5)) = 3 columns, 2 rows
+    assert sheet.shape == (2 * 4 + 2, 3 * 3 + 2 * 2, 3) and sheet.dtype == np.uint8
+    for i, c in enumerate(colours):
+        top, left = (i // 3) * 6, (i % 3) * 5
+        cell = sheet[top : top + 4, left : left + 3]
+        assert (cell == np.array(c) * 255).all(), i
+    assert (sheet[4:6, :] == GUTTER_VALUE).all()  # gutter between the rows
+    assert (sheet[:, 3:5] == GUTTER_VALUE).all()  # gutter between columns 0 and 1
+    assert (sheet[6:, 10:] == GUTTER_VALUE).all()  # the unused sixth cell
+
+    row = contact_sheet(solid_images(colours[:2]), columns=4, gutter=1)  # columns capped at B
+    assert row.shape == (4, 3 + 1 + 3, 3)
+    assert (row[:, 3] == GUTTER_VALUE).all() and (row[:, 4:, 1] == 255).all()
+
+
+def test_save_png_round_trips(tmp_path):
+    sheet = contact_sheet(solid_images([(0.2, 0.4, 0.6), (1.0, 0.0, 0.5)]))
+    save_png(sheet, tmp_path / "s.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "s.png").convert("RGB")), sheet)
+    image = torch.rand(3, 5, 7)
+    save_png(image, tmp_path / "i.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "i.png")), to_uint8(image[None])[0])
+
+
+def test_save_gif_frames_loop_and_rate(tmp_path):
+    frames = solid_images([(i / 5, 1 - i / 5, 0.5) for i in range(6)], h=8, w=8)
+    save_gif(frames, tmp_path / "t.gif", fps=12)
+    with Image.open(tmp_path / "t.gif") as gif:
+        assert gif.n_frames == 6 and gif.is_animated
+        assert gif.info["loop"] == 0
+        assert gif.info["duration"] == 80  # 12 fps -> 8 centiseconds
+        gif.seek(3)
+        assert np.abs(np.asarray(gif.convert("RGB"))[0, 0].astype(int) - [153, 102, 128]).max() <= 2
+    with pytest.raises(ConfigError, match="fps"):
+        save_gif(frames, tmp_path / "fast.gif", fps=120)
+    assert not (tmp_path / "fast.gif").exists()
