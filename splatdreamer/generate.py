@@ -182,7 +182,7 @@ class Generation:
         camera = all_cams.condition()
 
         latents = self.prior.encode_images(images, generator=self.gen_dev)
-        t = self.schedule.sample(batch, self.step, self.gen_cpu).to(self.device)
+        t = self.schedule.sample_timesteps(batch, self.step, self.gen_cpu).to(self.device)
         out = vsd.score_distillation(
             self.prior,
             latents,

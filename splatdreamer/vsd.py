@@ -1,12 +1,15 @@
-"""Score distillation, as in ProlificDreamer (Wang et al. 2023), Algorithm 1.
+"""Score distillation as in ProlificDreamer (Wang et al. 2023), Algorithm 1; SDS (DreamFusion) as the special case.
 
-For renders g(theta, c) encoded to latents x0, a timestep t and noise eps, x_t = alpha_t x0 + sigma_t eps:
+One iteration, for the renders g(theta, c) of the particles, encoded to latents x0 [B, C, h, w]:
 
-    VSD (Eq. 9):  grad_x0 = w(t) (eps_pretrained(x_t, t, y) - eps_phi(x_t, t, y, c))
-    SDS:          grad_x0 = w(t) (eps_pretrained(x_t, t, y) - eps)          (eps_phi replaced by the noise)
+    t ~ U{t_min..t_max(step)},  eps ~ N(0, I),  x_t = alpha_t x0 + sigma_t eps
+    VSD:    grad = w(t) (eps_pretrained(x_t, t, y^c) - eps_phi(x_t, t, y, c))
+    SDS:    grad = w(t) (eps_pretrained(x_t, t, y^c) - eps)
+    theta <- theta - lr (grad / B) dx0/dtheta                   via `surrogate_loss`
+    phi   <- phi - lr d/dphi ||eps_phi(x'_t, t', y, c) - eps'||^2 on the detached x0 (`DiffusionPrior.phi_loss`)
 
-with w(t) = 1 - abar_t, and that gradient is pushed into theta through the encoder and the renderer by a
-surrogate loss. phi, the LoRA, is trained separately on the same (detached) renders (`DiffusionPrior.phi_loss`).
+eps_pretrained is the frozen model with classifier-free guidance on the view-dependent prompt y^c against
+the negative prompt; eps_phi is the LoRA + camera embedding on the plain prompt y and the camera c.
 """
 
 from __future__ import annotations
@@ -17,46 +20,65 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from splatdreamer.errors import ConfigError
 from splatdreamer.prior import DiffusionPrior, TextEmbeddings
 
-
-@dataclass
-class TimestepSchedule:
-    """t ~ U{t_min..t_max}, with t_max lowered to `t_max_annealed` from `anneal_step` on."""
-
-    t_min: int = 20  # official nerf/sd.py: min_step = 0.02 * 1000
-    t_max: int = 980  # official nerf/sd.py: max_step = 0.98 * 1000
-    t_max_annealed: int = 500  # official nerf/utils.py: after t5_iters, max_step = 500
-    anneal_step: int = 5000  # official main.py --t5_iters 5000 (of 25k NeRF steps)
-
-    def bounds(self, step: int) -> tuple[int, int]:
-        return self.t_min, (self.t_max if step < self.anneal_step else self.t_max_annealed)
-
-    def sample(self, batch: int, step: int, generator: torch.Generator | None = None) -> Tensor:
-        """[batch] int64 timesteps, one per sample (threestudio; the official code draws one per batch)."""
-        lo, hi = self.bounds(step)
-        return torch.randint(lo, hi + 1, (batch,), generator=generator)
+Mode = Literal["vsd", "sds"]
 
 
-def weight(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
-    """w(t) = 1 - abar_t (official nerf/sd.py:147, threestudio l.540)."""
+def w(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
+    """[B] the weight w(t) = 1 - abar_t (official nerf/sd.py:147; threestudio vsd guidance l.540)."""
     return 1.0 - alphas_cumprod[t]
 
 
 @dataclass
-class Distillation:
-    """One score-distillation evaluation."""
+class TimestepSchedule:
+    """t ~ U{t_min..t_max}, with t_max lowered to `t_max_annealed` from step `anneal_step` on (bounds inclusive)."""
 
-    loss: Tensor  # scalar surrogate; d loss / d latents = grad / B
-    grad: Tensor  # [B, ...] w(t) (eps_pretrained - eps_phi or noise)
-    t: Tensor  # [B]
-    noise: Tensor  # [B, ...]
-    grad_norm: float  # mean over the batch of the per-sample gradient norm
+    t_min: int = 20  # official nerf/sd.py:71 min_step = 0.02 * 1000 (main.py:77 --t_range 0.02 0.98)
+    t_max: int = 980  # official nerf/sd.py:72 max_step = 0.98 * 1000
+    t_max_annealed: int = 500  # official nerf/sd.py:109-110: after t5_iters, t ~ randint(20, 501)
+    anneal_step: int = 5000  # official main.py:140 --t5_iters 5000 (of 25k NeRF steps); threestudio yaml l.72
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.t_min <= self.t_max_annealed <= self.t_max:
+            raise ConfigError(
+                f"timesteps need 0 <= t_min <= t_max_annealed <= t_max; got t_min={self.t_min}, "
+                f"t_max_annealed={self.t_max_annealed}, t_max={self.t_max}"
+            )
+
+    def timestep_bounds(self, step: int) -> tuple[int, int]:
+        """(lowest, highest) timestep drawn at optimisation step `step`, both inclusive."""
+        return self.t_min, (self.t_max if step < self.anneal_step else self.t_max_annealed)
+
+    def sample_timesteps(self, batch: int, step: int, generator: torch.Generator | None = None) -> Tensor:
+        """[batch] int64 timesteps on the generator's device (CPU by default), one per sample.
+
+        One t per sample as threestudio (l.467-473); the official code draws one t for the whole batch.
+        """
+        lo, hi = self.timestep_bounds(step)
+        device = generator.device if generator is not None else "cpu"
+        return torch.randint(lo, hi + 1, (batch,), generator=generator, device=device)
+
+
+@dataclass
+class Distillation:
+    """One score-distillation evaluation of a batch of B latents."""
+
+    loss: Tensor  # scalar surrogate: d loss / d latents = grad / B
+    grad: Tensor  # [B, C, h, w] w(t) (eps_pretrained - eps_phi), or - noise for SDS; nan-free, clamped if asked
+    t: Tensor  # [B] the timesteps used
+    noise: Tensor  # [B, C, h, w] the eps of x_t = alpha_t x0 + sigma_t eps
+    grad_norm: float  # mean over the batch of the per-sample L2 norm of `grad` (a scale diagnostic)
 
 
 def surrogate_loss(latents: Tensor, grad: Tensor) -> Tensor:
-    """0.5 sum (x0 - sg(x0 - grad))^2 / B: its gradient w.r.t. x0 is grad / B (the batch mean, as the
-    official SpecifyGradient and threestudio's loss_vsd)."""
+    """0.5 sum (x0 - sg(x0 - grad))^2 / B, whose gradient w.r.t. x0 [B, ...] is exactly grad / B.
+
+    Dividing by B makes the step the *mean* over the batch of per-sample score gradients, so it does not
+    grow with particles x views: the official SpecifyGradient returns grad / batch_size (nerf/sd.py:15-27,
+    161) and threestudio's loss_vsd = 0.5 mse(sum) / B (l.673-674) is the same.
+    """
     target = (latents - grad).detach()
     return 0.5 * ((latents - target) ** 2).sum() / latents.shape[0]
 
@@ -68,32 +90,43 @@ def score_distillation(
     text: TextEmbeddings,
     view_labels: list[str] | None,
     camera: Tensor,
-    mode: Literal["vsd", "sds"] = "vsd",
+    mode: Mode = "vsd",
     cfg_scale: float = 7.5,
     phi_cfg_scale: float = 1.0,
     grad_clip: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Distillation:
-    """The VSD (or SDS) gradient for `latents` [B, C, h, w] (with grad) and its surrogate loss.
+    """The VSD (or SDS) gradient for `latents` and its surrogate loss: the theta half of Algorithm 1.
 
-    The pretrained score sees the view-dependent prompt of each camera (`view_labels`, or the plain prompt
-    when None) against the negative prompt; phi sees the plain prompt and the camera condition [B, 16].
+    prior: gives eps_pretrained, eps_phi, add_noise and abar.
+    latents: [B, C, h, w] from `prior.encode_images`, carrying the graph back to the Gaussians.
+    t: [B] timesteps (`TimestepSchedule.sample_timesteps`).
+    text: the prompt's embeddings; the pretrained branch sees `text.for_views(view_labels)` (or the plain
+        prompt when view_labels is None) against `text.negative`, phi sees `text.plain`.
+    view_labels: [B] front / side / back / overhead (`Cameras.view_labels()`), or None.
+    camera: [B, 16] phi's camera condition (`Cameras.condition()`); unused by SDS.
+    cfg_scale: guidance of eps_pretrained (official run.sh --scale 7.5 for VSD; DreamFusion SDS uses 100).
+    phi_cfg_scale: guidance of eps_phi between camera and no camera (threestudio guidance_scale_lora 1.0).
+    grad_clip: clamp each element of grad to +-grad_clip (threestudio grad_clip, off by default).
+    generator: for the noise, on the latents' device.
     """
+    if mode not in ("vsd", "sds"):
+        raise ConfigError(f"unknown score-distillation mode {mode!r}; use 'vsd' or 'sds'")
     b = latents.shape[0]
     t = t.to(latents.device)
+    assert t.shape == (b,) and int(t.max()) < prior.num_train_timesteps, (t.shape, b)
     noise = torch.randn(latents.shape, generator=generator, device=latents.device)
     with torch.no_grad():
         x_t = prior.add_noise(latents.detach(), noise, t)
-        cond = text.for_views(view_labels) if view_labels is not None else text.plain(b)
-        eps_pretrained = prior.eps_pretrained(x_t, t, cond, text.negative(b), cfg_scale)
+        y_c = text.plain(b) if view_labels is None else text.for_views(view_labels)
+        eps_pretrained = prior.eps_pretrained(x_t, t, y_c, text.negative(b), cfg_scale)
         if mode == "vsd":
             eps_phi = prior.eps_phi(x_t, t, text.plain(b), camera, phi_cfg_scale)
-        elif mode == "sds":
+        else:  # SDS (DreamFusion): the sampled noise stands in for phi's score
             eps_phi = noise
-        else:
-            raise ValueError(f"unknown score-distillation mode {mode!r}")
-        w = weight(prior.alphas_cumprod, t).view(-1, *([1] * (latents.ndim - 1)))
-        grad = torch.nan_to_num(w * (eps_pretrained - eps_phi))
+        weight = w(prior.alphas_cumprod, t).view(-1, *([1] * (latents.ndim - 1)))
+        # nan_to_num as threestudio l.666-669: one NaN from a half-precision UNet must not poison the Gaussians.
+        grad = torch.nan_to_num(weight * (eps_pretrained - eps_phi))
         if grad_clip is not None:
             grad = grad.clamp(-grad_clip, grad_clip)
     return Distillation(
