@@ -1,0 +1,160 @@
+"""The toy prior's training data: renders of the toy objects from generation's own camera sampler.
+
+Images come from `splatdreamer.render.render` with cameras from `cameras.sample(..., DEFAULT_RANGES)`
+on the white background generation uses by default, so the prior learns exactly the views VSD will
+ask it about. Each image keeps its camera's view label, for the view-dependent prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from splatdreamer.background import sample_background
+from splatdreamer.cameras import DEFAULT_RANGES, Cameras, sample
+from splatdreamer.render import render
+from splatdreamer.toy.objects import PROMPTS, ToyObject, variants
+
+CACHE_VERSION = 1  # bump when the rendering changes; changes to the objects change the cache key by themselves
+
+
+@dataclass(frozen=True)
+class ToyDataConfig:
+    """What to render."""
+
+    views_per_prompt: int = 600
+    """Renders per prompt; "a ball" spreads them evenly over its four colours (3000 images: ~5 min on 2 cores)."""
+    resolution: int = 32
+    """Image side in pixels (the prior's resolution)."""
+    seed: int = 0
+    """Seed of the camera draws."""
+    backend: str = "reference"
+    """Rendering backend passed to `splatdreamer.render.render`."""
+    chunk: int = 64
+    """Cameras per render call (bounds memory)."""
+
+
+@dataclass
+class ToyDataset:
+    """N rendered views with their prompts and view labels."""
+
+    images: Tensor  # [N, 3, H, W] uint8 RGB
+    prompt_index: Tensor  # [N] int64, index into objects.PROMPTS
+    variant_index: Tensor  # [N] int64, index into variants(prompt)
+    labels: list[str]  # [N] front / side / back / overhead
+    elevation: Tensor  # [N] degrees
+    azimuth: Tensor  # [N] degrees
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def prompts(self) -> list[str]:
+        """[N] the plain prompt of each image."""
+        return [PROMPTS[i] for i in self.prompt_index.tolist()]
+
+
+def render_views(obj: ToyObject, cameras: Cameras, backend: str = "reference", chunk: int = 64) -> Tensor:
+    """[C, 3, H, W] float renders in [0, 1] of one object on white, `chunk` cameras at a time."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(cameras), chunk):
+            cams = cameras[start : start + chunk]
+            background = sample_background("white", len(cams))
+            out.append(render(obj.splats, cams, background=background, backend=backend).rgb.clamp(0, 1))
+    return torch.cat(out)
+
+
+def render_dataset(config: ToyDataConfig) -> ToyDataset:
+    """Render every prompt from `views_per_prompt` random cameras (seeded, so the dataset is reproducible)."""
+    g = torch.Generator().manual_seed(config.seed)
+    images, prompt_index, variant_index, labels, elevation, azimuth = [], [], [], [], [], []
+    for p, prompt in enumerate(PROMPTS):
+        objs = variants(prompt)
+        cameras = sample(config.views_per_prompt, DEFAULT_RANGES, config.resolution, config.resolution, g)
+        which = torch.arange(config.views_per_prompt) % len(objs)  # even split over the variants
+        rgb = torch.empty(config.views_per_prompt, 3, config.resolution, config.resolution)
+        for v, obj in enumerate(objs):
+            idx = (which == v).nonzero()[:, 0]
+            if len(idx):  # fewer views than variants leaves some variants out
+                rgb[idx] = render_views(obj, cameras[idx], config.backend, config.chunk)
+        images.append((rgb * 255).round().to(torch.uint8))
+        prompt_index.append(torch.full((config.views_per_prompt,), p))
+        variant_index.append(which)
+        labels += cameras.view_labels()
+        elevation.append(cameras.elevation)
+        azimuth.append(cameras.azimuth)
+    return ToyDataset(
+        images=torch.cat(images),
+        prompt_index=torch.cat(prompt_index),
+        variant_index=torch.cat(variant_index),
+        labels=labels,
+        elevation=torch.cat(elevation),
+        azimuth=torch.cat(azimuth),
+    )
+
+
+def cache_path(config: ToyDataConfig, cache_dir: str | Path) -> Path:
+    """The .npz file a config's dataset is cached in; its name hashes the config, the objects' parameters
+    and the cache version, so editing an object never reuses stale renders."""
+    h = hashlib.sha256(json.dumps({**asdict(config), "version": CACHE_VERSION}, sort_keys=True).encode())
+    for prompt in PROMPTS:
+        h.update(prompt.encode())
+        for obj in variants(prompt):
+            for value in obj.splats.values():
+                h.update(value.detach().numpy().tobytes())
+    return Path(cache_dir) / f"toy-{h.hexdigest()[:12]}.npz"
+
+
+def load_or_render(config: ToyDataConfig, cache_dir: str | Path) -> ToyDataset:
+    """The dataset for `config`, read from `cache_dir` if it was rendered before, else rendered and cached."""
+    path = cache_path(config, cache_dir)
+    if path.exists():
+        z = np.load(path)
+        return ToyDataset(
+            images=torch.from_numpy(z["images"]),
+            prompt_index=torch.from_numpy(z["prompt_index"]),
+            variant_index=torch.from_numpy(z["variant_index"]),
+            labels=[str(s) for s in z["labels"]],
+            elevation=torch.from_numpy(z["elevation"]),
+            azimuth=torch.from_numpy(z["azimuth"]),
+        )
+    data = render_dataset(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")  # write-then-rename: a killed run never leaves half a cache
+    np.savez_compressed(
+        tmp,
+        images=data.images.numpy(),
+        prompt_index=data.prompt_index.numpy(),
+        variant_index=data.variant_index.numpy(),
+        labels=np.array(data.labels),
+        elevation=data.elevation.numpy(),
+        azimuth=data.azimuth.numpy(),
+    )
+    os.replace(tmp, path)
+    return data
+
+
+def training_prompts(
+    dataset: ToyDataset, index: Tensor, p_uncond: float, generator: torch.Generator | None = None
+) -> list[str]:
+    """[B] prompts for the images `index`: "" with probability p_uncond (classifier-free guidance),
+    else the plain prompt or f"{prompt}, {label} view" with equal odds, the two forms the prior is asked.
+    """
+    u = torch.rand(len(index), generator=generator).tolist()
+    out = []
+    for i, ui in zip(index.tolist(), u):
+        prompt = PROMPTS[int(dataset.prompt_index[i])]
+        if ui < p_uncond:
+            out.append("")
+        elif ui < p_uncond + (1 - p_uncond) / 2:
+            out.append(prompt)
+        else:
+            out.append(f"{prompt}, {dataset.labels[i]} view")
+    return out

@@ -1,0 +1,189 @@
+"""`splatdreamer toy eval`: VSD against SDS on every toy prompt, measured against the ground truth.
+
+For each prompt and method the same generation (steps, seed, particles, cameras) runs through the public
+`generate`; every particle is then rendered from the fixed evaluation views and compared with the true
+object rendered from the same views:
+
+    iou         silhouette IoU (alpha > 0.5), the paper's "does it have the right shape"
+    color_err   mean absolute RGB error over pixels that are object in both images
+    psnr        of the whole image (white background included)
+    sat_excess  mean HSV saturation of the object's pixels minus the true object's (> 0: over-saturated)
+    colors      for "a ball": how many of its four colours the particles cover
+
+For a prompt with several true variants ("a ball"), each particle is scored against its closest variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from splatdreamer import cameras as cams
+from splatdreamer.config import prompt_slug
+from splatdreamer.io.images import contact_sheet, save_png
+from splatdreamer.preview import render_views
+from splatdreamer.render import render
+from splatdreamer.toy.objects import PROMPTS, variants
+
+METHODS = {  # name -> (mode, cfg_scale)
+    "vsd": ("vsd", 7.5),  # ProlificDreamer: CFG 7.5 (official run.sh --scale 7.5)
+    "sds-100": ("sds", 100.0),  # DreamFusion's usual guidance
+    "sds-7.5": ("sds", 7.5),
+}
+
+
+@dataclass
+class ToyEvalConfig:
+    """Run VSD and SDS on the toy prompts and write one table."""
+
+    prompts: tuple[str, ...] = PROMPTS
+    """Prompts to evaluate (the toy world's)."""
+    methods: tuple[str, ...] = tuple(METHODS)
+    """Methods: vsd (CFG 7.5), sds-100, sds-7.5."""
+    particles: int = 4
+    """Particles per run, for every method (the paper's VSD uses 4)."""
+    steps: int | None = None
+    """Steps per run; None = the toy preset's."""
+    views_per_particle: int = 1
+    """Cameras per particle per step (4 particles x 1 view = the toy preset's batch of 4)."""
+    seed: int = 0
+    """Seed shared by every run."""
+    out_dir: Path = Path("runs/toy-eval")
+    """Where the runs and pictures go."""
+    size: int = 64
+    """Pixel size of the measurement renders."""
+    report: Path | None = None
+    """Append the table (markdown) to this file, e.g. docs/benchmarks.md."""
+    picture: Path | None = None
+    """Write the ground-truth-beside-results picture here, e.g. docs/toy_eval.png."""
+
+
+@dataclass
+class Score:
+    iou: float
+    color_err: float
+    psnr: float
+    sat_excess: float
+    variant: int  # index of the closest true variant
+
+
+@dataclass
+class Row:
+    prompt: str
+    method: str
+    scores: list[Score]
+    colors_covered: int
+    seconds: float
+    images: Tensor = field(repr=False)  # [particles, 3, H, W] one view per particle for the picture
+
+
+def saturation(rgb: Tensor) -> Tensor:
+    """[..., 3] -> [...] HSV saturation (max - min) / max."""
+    hi, lo = rgb.amax(-1), rgb.amin(-1)
+    return (hi - lo) / hi.clamp(min=1e-6)
+
+
+@torch.no_grad()
+def score_particle(particle: torch.nn.ParameterDict, prompt: str, size: int) -> Score:
+    views = cams.evaluation_views(size, size)
+    white = torch.ones(len(views), 3)
+    out = render(particle, views, white)
+    best = None
+    for v, obj in enumerate(variants(prompt)):
+        truth = render(obj.splats, views, white)
+        mask, true_mask = out.alpha[:, 0] > 0.5, truth.alpha[:, 0] > 0.5
+        iou = ((mask & true_mask).sum() / (mask | true_mask).sum().clamp(min=1)).item()
+        both = (mask & true_mask)[:, None].expand_as(out.rgb)
+        rgb, true_rgb = out.rgb.clamp(0, 1), truth.rgb.clamp(0, 1)
+        color_err = ((rgb - true_rgb).abs()[both].mean()).item() if both.any() else 1.0
+        mse = ((rgb - true_rgb) ** 2).mean().item()
+        psnr = 10 * math.log10(1.0 / max(mse, 1e-10))
+        ours = saturation(rgb.permute(0, 2, 3, 1)[mask]).mean().item() if mask.any() else 0.0
+        theirs = saturation(true_rgb.permute(0, 2, 3, 1)[true_mask]).mean().item()
+        score = Score(iou, color_err, psnr, ours - theirs, v)
+        if best is None or score.color_err < best.color_err:
+            best = score
+    return best
+
+
+def run_one(config: ToyEvalConfig, prompt: str, method: str) -> Row:
+    from splatdreamer.generate import generate
+    from splatdreamer.presets import toy
+
+    mode, cfg_scale = METHODS[method]
+    gen = toy()
+    gen.prompt = prompt
+    gen.seed = config.seed
+    gen.particles = config.particles
+    gen.steps = config.steps or gen.steps
+    gen.vsd = dataclasses.replace(gen.vsd, mode=mode, cfg_scale=cfg_scale, views_per_particle=config.views_per_particle)
+    gen.output = dataclasses.replace(
+        gen.output, out_dir=config.out_dir / prompt_slug(prompt) / method, overwrite=True,
+        preview_every=0, checkpoint_every=0,
+    )  # fmt: skip
+    start = time.perf_counter()
+    result = generate(gen)
+    seconds = time.perf_counter() - start
+    scores = [score_particle(p, prompt, config.size) for p in result.particles]
+    front = cams.turntable(1, config.size, config.size, elevation=15.0)
+    images = torch.cat([render_views(p, front) for p in result.particles])
+    return Row(prompt, method, scores, len({s.variant for s in scores}), seconds, images)
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| prompt | method | IoU | colour error | PSNR (dB) | saturation excess | colours covered | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mean = lambda key: sum(getattr(s, key) for s in r.scores) / len(r.scores)  # noqa: E731
+        covered = f"{r.colors_covered} of {len(variants(r.prompt))}" if len(variants(r.prompt)) > 1 else "–"
+        lines.append(
+            f"| {r.prompt} | {r.method} | {mean('iou'):.3f} | {mean('color_err'):.3f} | {mean('psnr'):.1f} | "
+            f"{mean('sat_excess'):+.3f} | {covered} | {r.seconds:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def picture(rows: list[Row], size: int) -> Tensor:
+    """One row per prompt: the true variants, then each method's particles (front view, elevation 15)."""
+    front = cams.turntable(1, size, size, elevation=15.0)
+    prompts = list(dict.fromkeys(r.prompt for r in rows))
+    width = max(len(variants(p)) for p in prompts) + sum(r.images.shape[0] for r in rows if r.prompt == prompts[0])
+    tiles = []
+    for prompt in prompts:
+        row = [render_views(obj.splats, front) for obj in variants(prompt)]
+        row += [r.images for r in rows if r.prompt == prompt]
+        row = torch.cat(row)
+        pad = torch.ones(width - row.shape[0], 3, size, size)
+        tiles.append(torch.cat([row, pad]))
+    return contact_sheet(torch.cat(tiles), columns=width)
+
+
+def evaluate(config: ToyEvalConfig) -> list[Row]:
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        from splatdreamer.errors import ConfigError
+
+        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    rows = []
+    for prompt in config.prompts:
+        for method in config.methods:
+            rows.append(run_one(config, prompt, method))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    text = table(rows)
+    print(text)
+    command = "splatdreamer toy eval " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["toy", "eval"] else "toy.evaluate"
+    if config.report is not None:
+        with open(config.report, "a") as f:
+            f.write(f"\n`{command}` ({config.particles} particles, seed {config.seed}):\n\n{text}\n")
+    if config.picture is not None:
+        save_png(picture(rows, config.size), config.picture)
+    return rows

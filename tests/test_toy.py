@@ -1,0 +1,202 @@
+"""The toy world: objects, rendered data, the tokenizer, training, and the shipped prior's samples."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPTokenizer
+
+from splatdreamer.cameras import DEFAULT_RANGES, VIEW_LABELS, orbit, sample
+from splatdreamer.errors import ConfigError
+from splatdreamer.render import render
+from splatdreamer.toy import measure
+from splatdreamer.toy.data import ToyDataConfig, load_or_render, render_dataset, render_views, training_prompts
+from splatdreamer.toy.model import ToyModelConfig, build, build_tokenizer, encode_prompts, load, save, toy_words
+from splatdreamer.toy.objects import (
+    BALL_COLORS, PALETTE, PROMPTS, ball_surface, cone_surface, cube_surface, quat_z_to, true_colors, variants,
+)  # fmt: skip
+from splatdreamer.toy.sample import check_prior
+from splatdreamer.toy.train import ToyTrainConfig, diffusion_loss, train
+
+SHIPPED = Path(__file__).resolve().parents[1] / "splatdreamer" / "toy" / "prior"
+TINY_MODEL = ToyModelConfig(resolution=16, block_out_channels=(16, 32), text_hidden_size=32, text_layers=1)
+
+
+def view(azimuth: float, elevation: float = 0.0, size: int = 64, radius: float = 1.8, fovy: float = 45.0):
+    one = lambda v: torch.tensor([float(v)])  # noqa: E731
+    return orbit(one(elevation), one(azimuth), one(radius), one(fovy), size, size)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_objects_fit_in_the_unit_ball_and_are_solid(prompt):
+    for obj in variants(prompt):
+        assert obj.splats["means"].norm(dim=-1).max() <= 0.5
+        assert obj.splats["shN"].shape[1] == 0 and len(obj.splats["means"]) <= 3000
+        front = render_views(obj, view(0.0))
+        alpha = (1 - front).amax(dim=1) > 0.5  # white background: anything not white is object
+        # The object covers its centre pixel block completely and stays well inside the frame.
+        assert alpha[0, 28:36, 28:36].all()
+        assert not alpha[0, :4].any() and not alpha[0, -4:].any()
+
+
+def test_surfels_face_outwards_along_the_surface_normal():
+    for means, normals in (ball_surface(), cube_surface()[:2], cone_surface()):
+        assert torch.allclose(normals.norm(dim=-1), torch.ones(len(normals)), atol=1e-5)
+        assert ((means * normals).sum(-1) > 0).all()  # convex shapes around the origin: normals point away
+        w, x, y, z = quat_z_to(normals).unbind(-1)
+        rotated_z = torch.stack([2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)], dim=-1)
+        assert torch.allclose(rotated_z, normals, atol=1e-5)  # the thin axis is the normal
+
+
+def test_ball_silhouette_matches_the_projected_sphere():
+    obj = variants("a red ball")[0]
+    mask = render(obj.splats, view(30.0, 20.0), background=torch.ones(1, 3)).alpha[0, 0] > 0.5
+    # A sphere of radius r seen from distance d projects to a disc of angular radius asin(r / d).
+    f = 0.5 * 64 / math.tan(math.radians(45.0) / 2)
+    disc = f * math.tan(math.asin(0.45 / 1.8))
+    # Within 1.5 px: the rasteriser's anti-aliasing blur (0.3 px^2) and the surfels' extent widen the rim a little.
+    assert abs(math.sqrt(mask.sum().item() / math.pi) - disc) < 1.5
+
+
+@pytest.mark.parametrize("prompt", ["a red ball", "a blue cube", "a green cone"])
+def test_single_colour_objects_render_their_colour(prompt):
+    (obj,) = variants(prompt)
+    rgb = render_views(obj, view(45.0, 20.0))
+    mask = measure.foreground(rgb)
+    colour = measure.mean_foreground_color(rgb, measure.interior(mask))[0]
+    assert torch.allclose(colour, obj.colors[0], atol=0.03), (colour, obj.colors)
+
+
+def test_two_tone_cube_shows_different_colours_from_front_and_side():
+    (cube,) = variants("a two-tone cube")
+    cameras = orbit(torch.zeros(2), torch.tensor([0.0, 90.0]), torch.full((2,), 1.8), torch.full((2,), 45.0), 64, 64)
+    rgb = render_views(cube, cameras)
+    mean = measure.mean_foreground_color(rgb, measure.foreground(rgb))
+    palette = true_colors("a two-tone cube")
+    _, nearest = measure.nearest_color(mean, palette)
+    assert torch.allclose(palette[nearest[0]], torch.tensor(PALETTE["purple"]))  # front: the -Z face
+    assert torch.allclose(palette[nearest[1]], torch.tensor(PALETTE["yellow"]))  # side: the +X face
+
+
+def test_ambiguous_ball_has_four_distinct_colours_and_red_is_shared():
+    balls = variants("a ball")
+    colours = torch.cat([b.colors for b in balls])
+    assert [b.name for b in balls] == [f"{c} ball" for c in BALL_COLORS]
+    assert torch.cdist(colours, colours).add(torch.eye(4) * 9).min() > 0.5
+    assert torch.equal(variants("a red ball")[0].colors[0], torch.tensor(PALETTE["red"]))
+
+
+def test_dataset_shapes_labels_and_cache(tmp_path):
+    config = ToyDataConfig(views_per_prompt=8, resolution=16, seed=3)
+    data = load_or_render(config, tmp_path)
+    n = 8 * len(PROMPTS)
+    assert data.images.shape == (n, 3, 16, 16) and data.images.dtype == torch.uint8
+    assert data.prompts()[:8] == ["a red ball"] * 8 and data.prompts()[-1] == "a ball"
+    assert data.variant_index[-8:].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]  # "a ball" cycles its four colours
+    cameras = sample(8, DEFAULT_RANGES, 16, 16, torch.Generator().manual_seed(3))  # the first prompt's draw
+    assert data.labels[:8] == cameras.view_labels() and set(data.labels) <= set(VIEW_LABELS)
+    assert (data.images[:, :, 0, 0] == 255).all()  # white background in the corners
+    again = load_or_render(config, tmp_path)  # from the cache
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    assert torch.equal(again.images, data.images) and again.labels == data.labels
+
+
+def test_training_prompts_take_the_three_forms():
+    data = render_dataset(ToyDataConfig(views_per_prompt=2, resolution=8))
+    prompts = training_prompts(data, torch.arange(len(data)).repeat(50), 0.2, torch.Generator().manual_seed(0))
+    empty = sum(p == "" for p in prompts) / len(prompts)
+    assert 0.12 < empty < 0.28
+    assert set(prompts) == {""} | set(PROMPTS) | {f"{p}, {l} view" for p, l in zip(data.prompts(), data.labels)}
+
+
+def test_tokenizer_gives_each_toy_word_one_token_and_round_trips():
+    tok = build_tokenizer(16)
+    for word in toy_words():
+        ids = tok(word, add_special_tokens=False).input_ids
+        assert len(ids) == 1 and ids[0] != tok.unk_token_id, word
+    for prompt in PROMPTS:
+        text = f"{prompt}, overhead view"
+        ids = tok(text).input_ids
+        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and len(ids) <= 16
+        assert tok.decode(ids, skip_special_tokens=True).replace(" ,", ",").replace(" - ", "-") == text
+    assert tok("a purple ball").input_ids.count(tok.unk_token_id) >= 1  # unknown words are not silently split
+
+
+def test_save_and_load_keep_the_stable_diffusion_layout(tmp_path):
+    parts = build(TINY_MODEL)
+    save(parts, tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert set(index) >= {"unet", "text_encoder", "tokenizer", "scheduler"} and "vae" not in index
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert (tmp_path / "scheduler" / "scheduler_config.json").exists()
+    tokenizer_dir = tmp_path / "tokenizer"  # the files transformers 4's slow tokenizer reads
+    from_files = CLIPTokenizer(vocab=str(tokenizer_dir / "vocab.json"), merges=str(tokenizer_dir / "merges.txt"))
+    assert from_files("a two-tone cube, side view").input_ids == parts.tokenizer("a two-tone cube, side view").input_ids
+    back = load(tmp_path)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        a = parts.unet(x, t, encoder_hidden_states=encode_prompts(parts, ["a ball", ""])).sample
+        b = back.unet(x, t, encoder_hidden_states=encode_prompts(back, ["a ball", ""])).sample
+    assert torch.allclose(a, b, atol=1e-5)
+    assert back.tokenizer.model_max_length == 16 == back.text_encoder.config.max_position_embeddings
+
+
+def test_measures_on_hand_made_images():
+    images = torch.ones(2, 3, 4, 4)
+    images[0, :, :2, :2] = torch.tensor([0.85, 0.12, 0.10])[:, None, None]  # red square, top left
+    images[1, :, 2:, :] = torch.tensor([0.0, 0.0, 1.0])[:, None, None]  # blue bar, bottom half
+    mask = measure.foreground(images)
+    assert mask.sum(dim=(1, 2)).tolist() == [4, 8]
+    reference = torch.zeros(1, 4, 4, dtype=torch.bool)
+    reference[0, :2, :] = True  # top half
+    assert measure.best_iou(mask, reference).tolist() == pytest.approx([0.5, 0.0])
+    palette = torch.tensor([PALETTE["red"], PALETTE["blue"]])
+    error, nearest = measure.nearest_color(measure.mean_foreground_color(images, mask), palette)
+    assert nearest.tolist() == [0, 1] and error[0] < 1e-6
+    assert measure.pixel_color_error(images, mask, palette)[1] == pytest.approx(
+        torch.linalg.vector_norm(torch.tensor([0.0, 0.0, 1.0]) - palette[1]).item()
+    )
+
+
+def test_train_config_rejects_mismatched_resolutions():
+    with pytest.raises(ConfigError):
+        ToyTrainConfig(data=ToyDataConfig(resolution=16), model=ToyModelConfig(resolution=32))
+
+
+def test_a_short_training_run_lowers_the_loss(tmp_path):
+    config = ToyTrainConfig(
+        out_dir=tmp_path / "prior", data_dir=tmp_path / "data", data=ToyDataConfig(views_per_prompt=8, resolution=16),
+        model=TINY_MODEL, steps=60, batch_size=16, warmup_steps=5, save_every=30, log_every=30, ema_decay=0.9,
+    )  # fmt: skip
+    result = train(config)
+    assert len(result.losses) == 60
+    assert sum(result.losses[-10:]) / 10 < 0.6 * sum(result.losses[:5]) / 5
+    trained = load(tmp_path / "prior")
+    meta = json.loads((tmp_path / "prior" / "training.json").read_text())
+    assert meta["step"] == 60 and not (tmp_path / "prior.tmp").exists()
+    # The saved (EMA) weights fit the data better than the initialisation on a fixed batch.
+    data = load_or_render(config.data, config.data_dir)
+    images = data.images[:32].float() / 127.5 - 1
+    with torch.no_grad():
+        before = diffusion_loss(build(TINY_MODEL), images, data.prompts()[:32], torch.Generator().manual_seed(0))
+        after = diffusion_loss(trained, images, data.prompts()[:32], torch.Generator().manual_seed(0))
+    assert after < 0.7 * before
+
+
+@pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="no shipped toy prior")
+def test_shipped_prior_draws_each_prompt():
+    checks = check_prior(load(SHIPPED), per_prompt=4)
+    rates = {c.prompt: c.recognised().float().mean().item() for c in checks}
+    report = {c.prompt: (c.iou.tolist(), c.color_error.tolist()) for c in checks}
+    assert all(r >= 0.25 for r in rates.values()) and sum(rates.values()) / len(rates) >= 0.5, (rates, report)
+    ball = next(c for c in checks if c.prompt == "a ball")
+    assert len(set(ball.nearest.tolist())) >= 2, ball.nearest  # the ambiguous prompt keeps several colours
+
+
+def test_an_untrained_prior_fails_the_sample_check():
+    checks = check_prior(build(ToyModelConfig(), seed=0), per_prompt=2, num_steps=10)
+    assert not any(c.recognised().any() for c in checks), [(c.iou, c.color_error) for c in checks]
