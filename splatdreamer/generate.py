@@ -28,7 +28,7 @@ from splatdreamer import cameras as cams
 from splatdreamer import vsd
 from splatdreamer.background import sample_background
 from splatdreamer.config import TOY_PRIOR, GenerateConfig, load_json, prompt_slug, save_json
-from splatdreamer.errors import BackendUnavailableError, ConfigError, NonFiniteError
+from splatdreamer.errors import BackendUnavailableError, ConfigError, NonFiniteError, SplatdreamerError
 from splatdreamer.io.atomic import atomic_save_torch, atomic_write
 from splatdreamer.io.export import export
 from splatdreamer.optimize import ParticleOptimizer
@@ -326,7 +326,12 @@ def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None
         config.validate()
     config, run_dir, has_checkpoint = _prepare_run_dir(config)
     config.validate()
-    run = Generation(config, run_dir)
+    try:
+        run = Generation(config, run_dir)
+    except SplatdreamerError:
+        if config.resume is None:
+            shutil.rmtree(run_dir)  # a run that could not start leaves no folder behind
+        raise
     if has_checkpoint:
         run.load_checkpoint()
     out = config.output
