@@ -56,7 +56,10 @@ def run_case(case: Case) -> dict[str, float]:
     params = random_particle(case.num, g)
     views = cams.sample(3, cams.DEFAULT_RANGES, case.width, case.height, g).to("cuda")
     background = torch.rand(3, 3, generator=g).cuda()
-    up = {k: torch.randn(3, c, case.height, case.width, generator=g).cuda() for k, c in (("rgb", 3), ("alpha", 1), ("depth", 1))}
+    up = {
+        k: torch.randn(3, c, case.height, case.width, generator=g).cuda()
+        for k, c in (("rgb", 3), ("alpha", 1), ("depth", 1))
+    }
     results = {}
     for backend in ("gsplat", "reference"):
         p = S.detached_copy(params).cuda()
@@ -65,7 +68,8 @@ def run_case(case: Case) -> dict[str, float]:
             rasterize_mode=case.rasterize_mode, packed=case.packed,
         )  # fmt: skip
         # Depth enters weighted by alpha: near-empty pixels hold tiny / tiny, which neither backend owns.
-        loss = (out.rgb * up["rgb"]).sum() + (out.alpha * up["alpha"]).sum() + (out.depth * out.alpha * up["depth"]).sum()
+        loss = (out.rgb * up["rgb"]).sum() + (out.alpha * up["alpha"]).sum()
+        loss = loss + (out.depth * out.alpha * up["depth"]).sum()
         loss.backward()
         results[backend] = out, {k: v.grad for k, v in p.items()}
     (g_out, g_grads), (r_out, r_grads) = results["gsplat"], results["reference"]
@@ -99,7 +103,8 @@ def main() -> None:
             header = ["size", "N", "sh", "mode", "packed", *row]
             print("| " + " | ".join(header) + " |")
             print("|" + "---|" * len(header))
-        label = [f"{case.width}x{case.height}", str(case.num), str(case.sh_degree), case.rasterize_mode, str(case.packed)]
+        label = [f"{case.width}x{case.height}", str(case.num), str(case.sh_degree), case.rasterize_mode]
+        label.append(str(case.packed))
         print("| " + " | ".join(label + [f"{v:.1e}" for v in row.values()]) + " |", flush=True)
 
 

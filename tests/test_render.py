@@ -150,7 +150,8 @@ def test_front_to_back_order_and_background():
 
     def centre(z_red, z_blue):
         # Scales proportional to depth: both project to the same footprint.
-        p = particle([[0, 0, z_red], [0, 0, z_blue]], torch.tensor([[0.1 * z_red], [0.1 * z_blue]]), 0.7, torch.tensor([red, blue]))
+        scales = torch.tensor([[0.1 * z_red], [0.1 * z_blue]])
+        p = particle([[0, 0, z_red], [0, 0, z_blue]], scales, 0.7, torch.tensor([red, blue]))
         out = render(p, cam, bg, backend="reference")
         return out.rgb[0, :, 4, 4], out.alpha[0, 0, 4, 4], out.depth[0, 0, 4, 4]
 
@@ -205,7 +206,8 @@ def test_sh_colour_degree_0_and_view_dependence_of_degree_1():
 
     def colour(azimuth, sh_degree=None):
         one = lambda v: torch.tensor([float(v)])  # noqa: E731
-        out = render(p, cams.orbit(one(0), one(azimuth), one(2.0), one(40), 9, 9), backend="reference", sh_degree=sh_degree)
+        view = cams.orbit(one(0), one(azimuth), one(2.0), one(40), 9, 9)
+        out = render(p, view, backend="reference", sh_degree=sh_degree)
         return out.rgb[0, :, 4, 4] / out.alpha[0, 0, 4, 4]
 
     torch.testing.assert_close(colour(0.0, sh_degree=0), base)
@@ -269,9 +271,11 @@ def test_tiles_equal_dense_images_and_gradients(mode):
         )  # fmt: skip
         meta["means2d"].retain_grad()
         # Depth is weighted by alpha so that near-empty pixels (ED = tiny / tiny) do not dominate.
-        loss = (colors[..., :3] * up_rgb).sum() + (alphas * up_alpha).sum() + (colors[..., 3:] * alphas * up_depth).sum()
+        loss = (colors[..., :3] * up_rgb).sum() + (alphas * up_alpha).sum()
+        loss = loss + (colors[..., 3:] * alphas * up_depth).sum()
         loss.backward()
-        grads = {k: v.grad for k, v in p.items()} | {"means2d": meta["means2d"].grad, "absgrad": meta["means2d"].absgrad}
+        grads = {k: v.grad for k, v in p.items()}
+        grads.update(means2d=meta["means2d"].grad, absgrad=meta["means2d"].absgrad)
         return colors, alphas, grads
 
     dense = run(True, 4)
@@ -362,7 +366,10 @@ def test_default_strategy_accumulates_screen_gradients_on_cpu(packed):
     assert (state["grad2d"][visible.any(0)] > 0).all()
     # The accumulated value is the norm of means2d's gradient in gsplat's [-1, 1] screen units.
     g = out.info["means2d"].grad * torch.tensor([42 / 2 * 2, 30 / 2 * 2])
-    expected = torch.zeros(120).index_add_(0, out.info["gaussian_ids"], g.norm(dim=-1)) if packed else (g.norm(dim=-1) * visible).sum(0)
+    if packed:
+        expected = torch.zeros(120).index_add_(0, out.info["gaussian_ids"], g.norm(dim=-1))
+    else:
+        expected = (g.norm(dim=-1) * visible).sum(0)
     torch.testing.assert_close(state["grad2d"], expected)
 
     # Step 1 refines: every Gaussian seen with a gradient is duplicated or split; the particle keeps rendering.

@@ -40,7 +40,7 @@ FOV_MARGIN = 0.3  # gsplat persp_proj: the Jacobian's x/z is clamped 30 % of the
 # arrays in cache, which makes a many-camera batch cost the sum of its cameras, not several times more;
 # a GPU wants few, large launches instead.
 ENTRIES_PER_CHUNK = {"cpu": 1 << 18, "cuda": 1 << 24}
-DEFAULT_TILE_SIZE = 4  # measured fastest for 64-256 px images (docs/benchmarks.md)
+DEFAULT_TILE_SIZE = 4  # measured fastest for 64-128 px images (docs/benchmarks.md)
 
 
 @dataclass
@@ -90,7 +90,8 @@ def project(
     """EWA-project N Gaussians into C pinhole cameras, as gsplat's `fully_fused_projection`."""
     N, C = means.shape[0], viewmats.shape[0]
     assert means.shape == (N, 3) and quats.shape == (N, 4) and scales.shape == (N, 3), (means.shape, quats.shape)
-    assert opacities.shape == (N,) and viewmats.shape == (C, 4, 4) and Ks.shape == (C, 3, 3), (opacities.shape, Ks.shape)
+    assert opacities.shape == (N,), opacities.shape
+    assert viewmats.shape == (C, 4, 4) and Ks.shape == (C, 3, 3), (viewmats.shape, Ks.shape)
 
     rot, trans = viewmats[:, :3, :3], viewmats[:, :3, 3]
     means_c = torch.einsum("cij,nj->cni", rot, means) + trans[:, None, :]  # [C, N, 3]
@@ -323,7 +324,8 @@ def _composite_tiles(
         counts = span_x * (y1 - y0 + 1)
         # One row per (Gaussian, tile) pair: the k-th tile of a rectangle is at (k % span_x, k // span_x).
         pair_item = torch.repeat_interleave(order, counts)
-        k = torch.arange(int(counts.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        rect_start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        k = torch.arange(len(pair_item), device=dev) - rect_start
         span = torch.repeat_interleave(span_x, counts)
         tx = torch.repeat_interleave(x0, counts) + k % span
         ty = torch.repeat_interleave(y0, counts) + k // span
