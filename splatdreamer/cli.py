@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"splatdreamer: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nsplatdreamer: interrupted; a checkpoint was saved, continue with --resume RUN_DIR", file=sys.stderr)
+        resume = "; a checkpoint was saved, continue with --resume RUN_DIR" if command is cmd_generate else ""
+        print(f"\nsplatdreamer: interrupted{resume}", file=sys.stderr)
         return 130
     return 0
 
