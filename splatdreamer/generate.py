@@ -36,6 +36,7 @@ from splatdreamer.preview import write_previews
 from splatdreamer.prior import DiffusionPrior
 from splatdreamer.render import render, resolve_backend
 from splatdreamer.splats import check_finite, num_gaussians, random_ball
+from splatdreamer.timing import NO_TIMER, NoTimer
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -52,6 +53,7 @@ class Progress:
     loss_phi: float
     num_gaussians: list[int]
     t_mean: float
+    grad_norm: float  # batch mean of the per-sample norm of the score gradient (the VSD loss's scale is arbitrary)
     seconds: float  # since this process started the loop
 
 
@@ -112,7 +114,8 @@ def _prepare_run_dir(config: GenerateConfig) -> tuple[GenerateConfig, Path, bool
 class Generation:
     """The state of one run; `generate()` is the public door."""
 
-    def __init__(self, config: GenerateConfig, run_dir: Path) -> None:
+    def __init__(self, config: GenerateConfig, run_dir: Path, prior: DiffusionPrior | None = None) -> None:
+        """prior: an already built prior (benchmarks build one in memory); None = load `config.prior.name`."""
         self.config = config
         self.run_dir = run_dir
         self.device = resolve_device(config.device)
@@ -122,9 +125,16 @@ class Generation:
         self.gen_dev = torch.Generator(device=self.device).manual_seed(config.seed + 1)  # noise, VAE, phi
 
         dtype = None if config.prior.dtype == "auto" else getattr(torch, config.prior.dtype)
-        self.prior = DiffusionPrior.from_pretrained(
-            resolve_prior_name(config.prior.name), device=self.device, dtype=dtype, lora_rank=config.prior.lora_rank
-        )
+        if prior is None:
+            prior = DiffusionPrior.from_pretrained(
+                resolve_prior_name(config.prior.name), device=self.device, dtype=dtype, lora_rank=config.prior.lora_rank
+            )
+        self.prior = prior
+        if config.vsd.t_max >= prior.num_train_timesteps:
+            raise ConfigError(
+                f"--vsd.t-max {config.vsd.t_max} is beyond the prior's {prior.num_train_timesteps} training timesteps; "
+                f"use at most {prior.num_train_timesteps - 1}"
+            )
         self.text = self.prior.text_embeddings(config.prompt, config.negative_prompt)
         self.resolution = config.splats.resolution or self.prior.resolution
         self.schedule = vsd.TimestepSchedule(
@@ -157,31 +167,42 @@ class Generation:
         self.step = 0
 
     # ---------------------------------------------------------------- one step
-    def train_step(self) -> Progress:
+    def train_step(self, timer: NoTimer = NO_TIMER) -> Progress:
+        """One step of Algorithm 1 for every particle. `timer` times its parts (`scripts/bench_step.py`).
+
+        The step synchronises with the device twice: to check the loss before it touches the Gaussians,
+        and once at the end for the logged numbers and the Gaussians' finiteness (gsplat's strategy adds
+        its own when it densifies).
+        """
         cfg = self.config
         views = cfg.vsd.views_per_particle
         renders, cameras = [], []
-        for particle, opt in zip(self.particles, self.optimizers):
-            cam = cams.sample(views, cfg.cameras.ranges(), self.resolution, self.resolution, self.gen_cpu)
-            bg = sample_background(cfg.cameras.background, views, self.gen_cpu).to(self.device)
-            out = render(
-                particle,
-                cam.to(self.device),
-                bg,
-                backend=self.backend,
-                rasterize_mode=cfg.splats.rasterize_mode,
-                packed=cfg.splats.packed,
-            )
-            opt.pre_backward(self.step, out.info)
-            renders.append(out)
-            cameras.append(cam)
+        with timer.part("render"):
+            for particle, opt in zip(self.particles, self.optimizers):
+                cam = cams.sample(views, cfg.cameras.ranges(), self.resolution, self.resolution, self.gen_cpu)
+                bg = sample_background(cfg.cameras.background, views, self.gen_cpu).to(self.device)
+                out = render(
+                    particle,
+                    cam.to(self.device),
+                    bg,
+                    backend=self.backend,
+                    rasterize_mode=cfg.splats.rasterize_mode,
+                    packed=cfg.splats.packed,
+                )
+                opt.pre_backward(self.step, out.info)
+                renders.append(out)
+                cameras.append(cam)
+            images = torch.cat([r.rgb for r in renders])  # [K*V, 3, H, W], particles x views in one batch
         all_cams = cams.Cameras.cat(cameras).to(self.device)
-        images = torch.cat([r.rgb for r in renders])  # [K*V, 3, H, W], particles x views in one batch
         batch = images.shape[0]
         labels = all_cams.view_labels() if cfg.vsd.view_dependent_prompts else None
         camera = all_cams.condition()
 
-        latents = self.prior.encode_images(images, generator=self.gen_dev)
+        # The prior's graph starts at a detached copy of the renders, so its backward (VAE) and the
+        # rasterizer's can be timed apart; the gradient is the same as through one graph.
+        pixels = images.detach().requires_grad_(True)
+        with timer.part("encode"):
+            latents = self.prior.encode_images(pixels, generator=self.gen_dev)
         t = self.schedule.sample_timesteps(batch, self.step, self.gen_cpu).to(self.device)
         out = vsd.score_distillation(
             self.prior,
@@ -195,37 +216,52 @@ class Generation:
             phi_cfg_scale=cfg.prior.phi_cfg_scale,
             grad_clip=cfg.vsd.grad_clip,
             generator=self.gen_dev,
+            timer=timer,
         )
         if not torch.isfinite(out.loss):
             raise NonFiniteError(
                 f"the VSD loss became {out.loss.item()} at step {self.step}; lower --vsd.cfg-scale or the "
                 "learning rates, or resume from the last checkpoint"
             )
-        out.loss.backward()
-        for k, (opt, r) in enumerate(zip(self.optimizers, renders)):
-            opt.step(self.step, r.info, packed=cfg.splats.packed)
-            check_finite(opt.splats, f"particle {k} at step {self.step}")
+        with timer.part("encode_backward"):
+            out.loss.backward()
+        with timer.part("render_backward"):
+            images.backward(pixels.grad)
+        with timer.part("optimizer_strategy"):
+            for opt, r in zip(self.optimizers, renders):
+                opt.step(self.step, r.info, packed=cfg.splats.packed)
 
-        loss_phi = 0.0
+        loss_phi = torch.zeros((), device=self.device)
         if cfg.vsd.mode == "vsd":
             x0 = latents.detach()
-            for _ in range(cfg.prior.phi_steps):
-                phi_loss = self.prior.phi_loss(
-                    x0, self.text.plain(batch), camera, generator=self.gen_dev, camera_dropout=cfg.prior.camera_dropout
-                )
-                phi_loss.backward()
-                self.phi_optimizer.step()
-                self.phi_optimizer.zero_grad(set_to_none=True)
-                self.phi_schedule.step()
-                loss_phi = phi_loss.item()
+            with timer.part("phi_train"):
+                for _ in range(cfg.prior.phi_steps):
+                    phi_loss = self.prior.phi_loss(
+                        x0, self.text.plain(batch), camera, generator=self.gen_dev,
+                        camera_dropout=cfg.prior.camera_dropout,
+                    )  # fmt: skip
+                    phi_loss.backward()
+                    self.phi_optimizer.step()
+                    self.phi_optimizer.zero_grad(set_to_none=True)
+                    self.phi_schedule.step()
+                    loss_phi = phi_loss.detach()
+        # One synchronisation for everything logged and checked.
+        finite = [torch.stack([torch.isfinite(p[k]).all() for k in p.keys()]).all() for p in self.particles]
+        loss_vsd, loss_phi, t_mean, grad_norm, *finite = torch.stack(
+            [out.loss.detach(), loss_phi, t.float().mean(), out.grad_norm, *finite]
+        ).tolist()
+        for k, ok in enumerate(finite):
+            if not ok:
+                check_finite(self.particles[k], f"particle {k} at step {self.step}")  # names the parameter
         self.step += 1
         return Progress(
             step=self.step,
             total=cfg.steps,
-            loss_vsd=out.loss.item(),
+            loss_vsd=loss_vsd,
             loss_phi=loss_phi,
             num_gaussians=[num_gaussians(p) for p in self.particles],
-            t_mean=t.float().mean().item(),
+            t_mean=t_mean,
+            grad_norm=grad_norm,
             seconds=0.0,
         )
 
@@ -348,7 +384,7 @@ def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None
                 metrics.write(json.dumps(dataclasses.asdict(progress)) + "\n")
                 metrics.flush()
                 bar.update(1)
-                bar.set_postfix(vsd=f"{progress.loss_vsd:.4f}", phi=f"{progress.loss_phi:.4f}",
+                bar.set_postfix(vsd=f"{progress.loss_vsd:.4f}", grad=f"{progress.grad_norm:.3g}", phi=f"{progress.loss_phi:.4f}",
                                 gaussians="/".join(map(str, progress.num_gaussians)), t=int(progress.t_mean))  # fmt: skip
                 if callback is not None:
                     callback(progress)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from splatdreamer.errors import ConfigError
 from splatdreamer.prior import DiffusionPrior, TextEmbeddings
+from splatdreamer.timing import NO_TIMER, NoTimer
 
 Mode = Literal["vsd", "sds"]
 
@@ -69,7 +70,7 @@ class Distillation:
     grad: Tensor  # [B, C, h, w] w(t) (eps_pretrained - eps_phi), or - noise for SDS; nan-free, clamped if asked
     t: Tensor  # [B] the timesteps used
     noise: Tensor  # [B, C, h, w] the eps of x_t = alpha_t x0 + sigma_t eps
-    grad_norm: float  # mean over the batch of the per-sample L2 norm of `grad` (a scale diagnostic)
+    grad_norm: Tensor  # scalar: the batch mean of the per-sample L2 norm of `grad` (a scale diagnostic)
 
 
 def surrogate_loss(latents: Tensor, grad: Tensor) -> Tensor:
@@ -95,6 +96,7 @@ def score_distillation(
     phi_cfg_scale: float = 1.0,
     grad_clip: float | None = None,
     generator: torch.Generator | None = None,
+    timer: NoTimer = NO_TIMER,
 ) -> Distillation:
     """The VSD (or SDS) gradient for `latents` and its surrogate loss: the theta half of Algorithm 1.
 
@@ -109,19 +111,22 @@ def score_distillation(
     phi_cfg_scale: guidance of eps_phi between camera and no camera (threestudio guidance_scale_lora 1.0).
     grad_clip: clamp each element of grad to +-grad_clip (threestudio grad_clip, off by default).
     generator: for the noise, on the latents' device.
+    timer: times the pretrained and phi passes (`splatdreamer.timing`; the loop passes none).
     """
     if mode not in ("vsd", "sds"):
         raise ConfigError(f"unknown score-distillation mode {mode!r}; use 'vsd' or 'sds'")
     b = latents.shape[0]
+    assert t.shape == (b,), (t.shape, b)
     t = t.to(latents.device)
-    assert t.shape == (b,) and int(t.max()) < prior.num_train_timesteps, (t.shape, b)
     noise = torch.randn(latents.shape, generator=generator, device=latents.device)
     with torch.no_grad():
         x_t = prior.add_noise(latents.detach(), noise, t)
         y_c = text.plain(b) if view_labels is None else text.for_views(view_labels)
-        eps_pretrained = prior.eps_pretrained(x_t, t, y_c, text.negative(b), cfg_scale)
+        with timer.part("unet_cfg"):
+            eps_pretrained = prior.eps_pretrained(x_t, t, y_c, text.negative(b), cfg_scale)
         if mode == "vsd":
-            eps_phi = prior.eps_phi(x_t, t, text.plain(b), camera, phi_cfg_scale)
+            with timer.part("phi_forward"):
+                eps_phi = prior.eps_phi(x_t, t, text.plain(b), camera, phi_cfg_scale)
         else:  # SDS (DreamFusion): the sampled noise stands in for phi's score
             eps_phi = noise
         weight = w(prior.alphas_cumprod, t).view(-1, *([1] * (latents.ndim - 1)))
@@ -134,5 +139,5 @@ def score_distillation(
         grad=grad,
         t=t,
         noise=noise,
-        grad_norm=grad.flatten(1).norm(dim=1).mean().item(),
+        grad_norm=grad.flatten(1).norm(dim=1).mean(),
     )

@@ -286,10 +286,14 @@ def test_pixel_prior_is_the_image_in_minus_one_one(pixel_dir):
 # --------------------------------------------------------------------------------------------- eps_pretrained
 
 
-@pytest.mark.parametrize("which", ["pixel", "latent"])
-def test_pretrained_equals_a_fresh_unet_bit_for_bit_after_phi_training(which, pixel_dir, latent_dir):
+@pytest.mark.parametrize(
+    "which,switch", [("pixel", "flag"), ("latent", "flag"), ("pixel", "public")]
+)  # "public": the fallback through peft's own switch, for a peft without the flag
+def test_pretrained_equals_a_fresh_unet_bit_for_bit_after_phi_training(which, switch, pixel_dir, latent_dir):
     directory = {"pixel": pixel_dir, "latent": latent_dir}[which]
     prior = load(directory)
+    assert prior._adapter_flag  # this peft has the flag, so the fast switch is what runs
+    prior._adapter_flag = switch == "flag"
     fresh = fresh_unet(directory)
     train_phi(prior, steps=3, lr=1e-2)  # move the LoRA (B starts at 0) and the camera embedding
     assert all(p.abs().sum() > 0 for n, p in prior.unet.named_parameters() if "lora_B" in n)

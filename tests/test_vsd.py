@@ -56,7 +56,7 @@ def test_vsd_surrogate_gradient_is_the_weighted_score_difference_over_b(prior):
     torch.testing.assert_close(latents.grad, w * (eps_pre - eps_phi) / 3, rtol=1e-5, atol=1e-8)
     assert (eps_pre - eps_phi).abs().max() > 1e-3  # the two scores differ, so the test can tell them apart
     assert torch.equal(out.t, t)
-    assert out.grad_norm == pytest.approx(out.grad.flatten(1).norm(dim=1).mean().item())
+    assert out.grad_norm.item() == pytest.approx(out.grad.flatten(1).norm(dim=1).mean().item())
 
 
 def test_sds_replaces_phi_by_the_sampled_noise(prior):
