@@ -89,3 +89,55 @@ def test_bad_input_exits_with_a_message_and_no_files(tiny_prior, tmp_path, capsy
         assert main(["generate", "--prompt", "a", "--device", "cuda", "--output.out-dir", str(tmp_path / "z")]) == 2
         assert "no usable CUDA" in capsys.readouterr().err
         assert not (tmp_path / "z").exists()
+
+
+def test_nan_loss_stops_with_a_checkpoint_and_no_ply(tiny_prior, tmp_path, monkeypatch):
+    """A loss that turns NaN before any Gaussian is touched: checkpoint of that step, no .ply, resumable."""
+    from splatdreamer.errors import NonFiniteError
+    from splatdreamer.prior import DiffusionPrior
+
+    encode, calls = DiffusionPrior.encode_images, []
+
+    def poisoned(self, images, generator=None):
+        calls.append(1)
+        latents = encode(self, images, generator=generator)
+        return latents * float("nan") if len(calls) == 5 else latents  # the 5th step (index 4)
+
+    monkeypatch.setattr(DiffusionPrior, "encode_images", poisoned)
+    run_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=r"VSD loss became nan at step 4.*checkpoint of step 4 saved"):
+        generate(tiny_config(tiny_prior, run_dir))
+    assert not list(run_dir.glob("*.ply"))
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    monkeypatch.setattr(DiffusionPrior, "encode_images", encode)
+    resumed = generate(GenerateConfig(resume=run_dir))
+    assert len(resumed.files) == 2 and all(torch.isfinite(load_ply(p)["means"]).all() for p in resumed.files)
+
+
+def test_nan_in_gaussians_stops_naming_them_and_keeps_the_last_checkpoint(tiny_prior, tmp_path):
+    from splatdreamer.errors import NonFiniteError
+
+    def break_particle_one(p):
+        if p.step == 7:  # after the periodic checkpoint of step 6
+            with torch.no_grad():
+                run_particles[1]["scales"][5] = float("inf")
+
+    run_particles = []
+    config = tiny_config(tiny_prior, tmp_path / "run")
+    from splatdreamer import generate as generate_module
+
+    init = generate_module.Generation.__init__
+
+    def remember(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        run_particles.extend(self.particles)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(generate_module.Generation, "__init__", remember)
+        message = r"particle 1 at step 7: \d+ Gaussians have a NaN or Inf in '\w+'.*checkpoint in .* is intact"
+        with pytest.raises(NonFiniteError, match=message):
+            generate(config, callback=break_particle_one)
+    run_dir = tmp_path / "run"
+    assert not list(run_dir.glob("*.ply"))
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 6

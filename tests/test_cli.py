@@ -1,0 +1,81 @@
+"""The `render`, `convert` and `doctor` subcommands, through `splatdreamer.cli.main` as a user runs them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from splatdreamer.cli import main
+from splatdreamer.io.ply import load_ply, save_ply
+from splatdreamer.toy.objects import PALETTE, variants
+
+
+@pytest.fixture(scope="module")
+def red_ball(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ply") / "ball.ply"
+    save_ply(variants("a red ball")[0].splats, path)
+    return path
+
+
+def test_render_writes_a_sheet_of_the_object_and_a_turntable(red_ball, tmp_path, capsys):
+    out = tmp_path / "pictures" / "ball"
+    out.parent.mkdir()
+    assert main(["render", str(red_ball), "--out", str(out), "--size", "32", "--frames", "4", "--device", "cpu"]) == 0
+    assert f"wrote {out}.png and {out}.gif" in capsys.readouterr().out
+    sheet = np.asarray(Image.open(f"{out}.png").convert("RGB")).astype(int)
+    assert sheet.shape == (3 * 32 + 2 * 2, 4 * 32 + 3 * 2, 3)  # the 12 evaluation views, 4 per row
+    red = np.array(PALETTE["red"]) * 255
+    for row in range(3):
+        for col in range(4):
+            y, x = row * 34, col * 34
+            assert np.abs(sheet[y + 16, x + 16] - red).max() < 40  # the ball in the middle of every view
+            assert (sheet[y + 1, x + 1] > 245).all()  # white background in the corner
+    gif = Image.open(f"{out}.gif")
+    assert gif.n_frames >= 1 and gif.size == (32, 32)
+
+
+def test_render_of_a_broken_file_is_one_clear_error(tmp_path, capsys):
+    bad = tmp_path / "broken.ply"
+    bad.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nend_header\n")
+    assert main(["render", str(bad), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("splatdreamer: error:") and "broken.ply" in err and "Traceback" not in err
+    assert not (tmp_path / "broken.png").exists() and not (tmp_path / "broken.gif").exists()
+
+
+def test_convert_to_splat_keeps_the_gaussians(red_ball, tmp_path, capsys):
+    out = tmp_path / "ball.splat"
+    assert main(["convert", str(red_ball), str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    splats = load_ply(red_ball, requires_grad=False)
+    n = splats["means"].shape[0]
+    rows = np.frombuffer(out.read_bytes(), dtype=np.uint8).reshape(n, 32)  # antimatter15: 32 bytes per Gaussian
+    positions = np.sort(rows[:, :12].copy().view(np.float32).reshape(n, 3), axis=0)
+    np.testing.assert_array_equal(positions, np.sort(splats["means"].numpy(), axis=0))
+    colours = rows[:, 24:27].astype(float) / 255  # RGB of every Gaussian: the red of the palette
+    assert np.abs(colours - np.array(PALETTE["red"])).max() < 0.01
+
+
+def test_convert_to_ply_round_trips_and_bad_names_are_refused(red_ball, tmp_path, capsys):
+    copy = tmp_path / "copy.ply"
+    assert main(["convert", str(red_ball), str(copy)]) == 0
+    for key, value in load_ply(red_ball).items():
+        assert torch.equal(load_ply(copy)[key], value), key
+    assert main(["convert", str(red_ball), str(tmp_path / "ball.obj")]) == 2
+    assert "end it in .ply" in capsys.readouterr().err
+    assert not (tmp_path / "ball.obj").exists()
+    assert main(["convert", str(tmp_path / "missing.ply"), str(tmp_path / "x.splat")]) == 2
+    assert "missing.ply" in capsys.readouterr().err
+
+
+def test_doctor_reports_this_machine_and_the_next_step(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    lines = dict(line.split(None, 1) for line in out.splitlines() if line and not line.startswith((" ", "next")))
+    assert lines["torch"].startswith(torch.__version__)
+    assert lines["toy"].startswith("prior") and "found" in lines["toy"] and " MB)" in lines["toy"]
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in out
+        assert "next: splatdreamer generate --preset toy --prompt 'a red ball'" in out
