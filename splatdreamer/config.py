@@ -115,7 +115,8 @@ class StrategyConfig:
     """default = gsplat DefaultStrategy (runs on CPU); mcmc = gsplat MCMCStrategy (CUDA only); none = fixed count."""
     grow_grad2d: float = 0.05
     """Screen-space gradient that makes a Gaussian grow. Distillation gradients are on another scale than 3DGS's
-    0.0002; measured on the toy world (docs/benchmarks.md)."""
+    0.0002 (scripts/measure_densify.py prints them); the toy preset uses 0.5, measured there (docs/benchmarks.md).
+    For Stable Diffusion this value is not measured yet."""
     grow_scale3d: float = 0.01
     """Gaussians smaller than this (x scene scale) are duplicated, larger ones split (gsplat default)."""
     prune_opa: float = 0.005

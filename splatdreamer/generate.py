@@ -224,7 +224,12 @@ class Generation:
                 "learning rates, or resume from the last checkpoint"
             )
         with timer.part("encode_backward"):
-            out.loss.backward()
+            # The surrogate's gradient is the mean over all K x V renders; times K, each particle gets the mean
+            # over its own V views, as if it ran alone (Algorithm 1 updates each particle on its own). Adam does
+            # not see the scale, but densification does: gsplat compares each Gaussian's screen-space gradient,
+            # already multiplied by the number of cameras of its render, with grow_grad2d, so this keeps that
+            # threshold independent of the number of particles.
+            (out.loss * len(self.particles)).backward()
         with timer.part("render_backward"):
             images.backward(pixels.grad)
         with timer.part("optimizer_strategy"):
