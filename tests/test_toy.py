@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -200,3 +201,48 @@ def test_shipped_prior_draws_each_prompt():
 def test_an_untrained_prior_fails_the_sample_check():
     checks = check_prior(build(ToyModelConfig(), seed=0), per_prompt=2, num_steps=10)
     assert not any(c.recognised().any() for c in checks), [(c.iou, c.color_error) for c in checks]
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def test_score_particle_is_perfect_on_the_truth_and_worse_when_moved_or_recoloured():
+    from splatdreamer.splats import detached_copy, rgb_to_sh0
+    from splatdreamer.toy.evaluate import score_particle
+
+    truth = variants("a ball")[3].splats  # the blue variant
+    exact = score_particle(truth, "a ball", 32)
+    assert exact.variant == 3 and exact.iou == 1.0 and exact.color_err == 0.0 and abs(exact.sat_excess) < 1e-6
+
+    moved = detached_copy(truth)
+    with torch.no_grad():
+        moved["means"] += torch.tensor([0.2, 0.0, 0.0])
+    assert score_particle(moved, "a ball", 32).iou < 0.8
+
+    yellow = detached_copy(truth)
+    with torch.no_grad():
+        yellow["sh0"][:] = rgb_to_sh0(torch.tensor(PALETTE["yellow"]))
+    scored = score_particle(yellow, "a ball", 32)
+    assert scored.variant == 1 and scored.iou == 1.0 and scored.color_err < 0.01  # now closest to the yellow ball
+
+
+def test_eval_runs_each_method_and_reuses_only_identical_runs(tmp_path, monkeypatch, capsys):
+    from splatdreamer.toy import evaluate as ev
+
+    config = ev.ToyEvalConfig(
+        prompts=("a red ball",), methods=("sds-7.5",), particles=1, steps=3, out_dir=tmp_path, size=16,
+        report=tmp_path / "report.md", picture=tmp_path / "eval.png",
+    )  # fmt: skip
+    first = ev.evaluate(config)
+    assert len(first) == 1 and first[0].method == "sds-7.5" and 0 <= first[0].scores[0].iou <= 1
+    assert "| a red ball | sds-7.5 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "eval.png").stat().st_size > 0
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a finished run was generated again")
+
+    monkeypatch.setattr(ev, "generate", no_generation)
+    again = ev.evaluate(dataclasses.replace(config, reuse=True, report=None, picture=None))
+    assert again[0].scores == first[0].scores and again[0].seconds == first[0].seconds
+    with pytest.raises(AssertionError, match="generated again"):  # another seed is another run
+        ev.evaluate(dataclasses.replace(config, reuse=True, seed=1, report=None, picture=None))

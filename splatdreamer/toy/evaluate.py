@@ -16,9 +16,9 @@ For a prompt with several true variants ("a ball"), each particle is scored agai
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +26,11 @@ import torch
 from torch import Tensor
 
 from splatdreamer import cameras as cams
-from splatdreamer.config import prompt_slug
+from splatdreamer.config import GenerateConfig, load_json, prompt_slug, to_dict
+from splatdreamer.generate import CONFIG, METRICS, generate
 from splatdreamer.io.images import contact_sheet, save_png
+from splatdreamer.io.ply import load_ply
+from splatdreamer.presets import toy
 from splatdreamer.preview import render_views
 from splatdreamer.render import render
 from splatdreamer.toy.objects import PROMPTS, variants
@@ -63,6 +66,9 @@ class ToyEvalConfig:
     """Append the table (markdown) to this file, e.g. docs/benchmarks.md."""
     picture: Path | None = None
     """Write the ground-truth-beside-results picture here, e.g. docs/toy_eval.png."""
+    reuse: bool = False
+    """Score a run already in `out_dir` whose saved config is exactly this one instead of running it again
+    (e.g. after running the prompts in parallel processes)."""
 
 
 @dataclass
@@ -113,10 +119,8 @@ def score_particle(particle: torch.nn.ParameterDict, prompt: str, size: int) -> 
     return best
 
 
-def run_one(config: ToyEvalConfig, prompt: str, method: str) -> Row:
-    from splatdreamer.generate import generate
-    from splatdreamer.presets import toy
-
+def run_config(config: ToyEvalConfig, prompt: str, method: str) -> GenerateConfig:
+    """The generation one cell of the table runs: the toy preset with the method's objective."""
     mode, cfg_scale = METHODS[method]
     gen = toy()
     gen.prompt = prompt
@@ -128,18 +132,41 @@ def run_one(config: ToyEvalConfig, prompt: str, method: str) -> Row:
         gen.output, out_dir=config.out_dir / prompt_slug(prompt) / method, overwrite=True,
         preview_every=0, checkpoint_every=0,
     )  # fmt: skip
-    start = time.perf_counter()
-    result = generate(gen)
-    seconds = time.perf_counter() - start
-    scores = [score_particle(p, prompt, config.size) for p in result.particles]
+    return gen
+
+
+def finished_run(gen: GenerateConfig) -> list[torch.nn.ParameterDict] | None:
+    """The particles of an earlier run of exactly this generation in its folder, or None."""
+    run_dir = gen.output.out_dir
+    files = [run_dir / f"particle_{k}.ply" for k in range(gen.particles)]
+    if not (run_dir / CONFIG).is_file() or not all(f.is_file() for f in files):
+        return None
+    same = dataclasses.replace(gen, output=dataclasses.replace(gen.output, out_dir=run_dir, overwrite=False))
+    if to_dict(load_json(run_dir / CONFIG)) != to_dict(same):
+        return None
+    return [load_ply(f, requires_grad=False) for f in files]
+
+
+def loop_seconds(run_dir: Path) -> float:
+    """Seconds the generation loop took (the last line of its metrics log)."""
+    return json.loads((run_dir / METRICS).read_text().splitlines()[-1])["seconds"]
+
+
+def run_one(config: ToyEvalConfig, prompt: str, method: str) -> Row:
+    gen = run_config(config, prompt, method)
+    particles = finished_run(gen) if config.reuse else None
+    if particles is None:
+        particles = generate(gen).particles
+    scores = [score_particle(p, prompt, config.size) for p in particles]
     front = cams.turntable(1, config.size, config.size, elevation=15.0)
-    images = torch.cat([render_views(p, front) for p in result.particles])
+    images = torch.cat([render_views(p, front) for p in particles])
+    seconds = loop_seconds(gen.output.out_dir)
     return Row(prompt, method, scores, len({s.variant for s in scores}), seconds, images)
 
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| prompt | method | IoU | colour error | PSNR (dB) | saturation excess | colours covered | seconds |",
+        "| prompt | method | IoU | colour error | PSNR (dB) | saturation excess | colours covered | loop seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
