@@ -40,7 +40,9 @@ from pathlib import Path
 import torch
 import tyro
 
-from splatdreamer.config import CameraConfig, GenerateConfig, OutputConfig, PriorConfig, SplatConfig, StrategyConfig, VSDConfig
+from splatdreamer.config import (
+    CameraConfig, GenerateConfig, OutputConfig, PriorConfig, SplatConfig, StrategyConfig, VSDConfig,
+)  # fmt: skip
 from splatdreamer.generate import Generation, resolve_device
 from splatdreamer.presets import paper
 from splatdreamer.prior import DiffusionPrior
@@ -100,9 +102,12 @@ TINY_UNET = SD21_BASE_UNET | dict(
     sample_size=8, block_out_channels=(32, 64, 64, 64), attention_head_dim=(2, 4, 4, 4), cross_attention_dim=64,
     layers_per_block=1, norm_num_groups=8,
 )  # fmt: skip
-TINY_VAE = SD21_BASE_VAE | dict(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8, sample_size=64)
+TINY_VAE = SD21_BASE_VAE | dict(
+    block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8, sample_size=64
+)
 TINY_TEXT = SD21_BASE_TEXT | dict(
-    vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, projection_dim=64,
+    vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+    projection_dim=64,
     bos_token_id=0, eos_token_id=1, pad_token_id=1,  # the toy tokenizer's ids
 )
 
@@ -252,7 +257,10 @@ def time_adapter_switch(prior: DiffusionPrior, device: torch.device) -> dict[str
 
     try:
         cpu = torch.device("cpu")
-        times = {"diffusers": time_call(diffusers_switch, cpu, 2, 20), "peft_layers": time_call(peft_layers, cpu, 2, 20)}
+        times = {
+            "diffusers": time_call(diffusers_switch, cpu, 2, 20),
+            "peft_layers": time_call(peft_layers, cpu, 2, 20),
+        }
         if fast:
             times["flag"] = time_call(flag, cpu, 2, 20)
         return times
@@ -310,7 +318,8 @@ def table(results: list[dict], paper_steps: int) -> str:
     lines.append("| **floor** | " + " | ".join(f"{r['floor_total_ms']:.1f} | " for r in results) + " |")
     lines.append("| step / floor | " + " | ".join(f"{r['step_over_floor']:.2f} | " for r in results) + " |")
     if results[0]["peak_gpu_memory_gib"] is not None:
-        lines.append("| peak GPU memory (GiB) | " + " | ".join(f"{r['peak_gpu_memory_gib']:.1f} | " for r in results) + " |")
+        memory = " | ".join(f"{r['peak_gpu_memory_gib']:.1f} | " for r in results)
+        lines.append(f"| peak GPU memory (GiB) | {memory} |")
     lines.append(
         f"| {paper_steps} steps (paper preset), min | "
         + " | ".join(f"{r['parts_ms']['step'] * paper_steps / 60e3:.1f} | " for r in results)
@@ -322,7 +331,8 @@ def table(results: list[dict], paper_steps: int) -> str:
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -389,8 +389,10 @@ def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None
                 metrics.write(json.dumps(dataclasses.asdict(progress)) + "\n")
                 metrics.flush()
                 bar.update(1)
-                bar.set_postfix(vsd=f"{progress.loss_vsd:.4f}", grad=f"{progress.grad_norm:.3g}", phi=f"{progress.loss_phi:.4f}",
-                                gaussians="/".join(map(str, progress.num_gaussians)), t=int(progress.t_mean))  # fmt: skip
+                bar.set_postfix(
+                    vsd=f"{progress.loss_vsd:.4f}", grad=f"{progress.grad_norm:.3g}", phi=f"{progress.loss_phi:.4f}",
+                    gaussians="/".join(map(str, progress.num_gaussians)), t=int(progress.t_mean),
+                )  # fmt: skip
                 if callback is not None:
                     callback(progress)
                 if out.preview_every and run.step % out.preview_every == 0:

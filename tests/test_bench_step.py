@@ -23,7 +23,8 @@ def bench_step():
 
 def test_tiny_benchmark_times_every_part_of_real_steps(bench_step, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    args = ["--tiny", "--particles", "1", "2", "--warmup", "1", "--steps", "2", "--gaussians", "500", "--json", str(out)]
+    args = ["--tiny", "--particles", "1", "2", "--warmup", "1", "--steps", "2", "--gaussians", "500"]
+    args += ["--json", str(out)]
     results = bench_step.main(args)
     saved = json.loads(out.read_text())
     assert saved["results"] == json.loads(json.dumps(results))
