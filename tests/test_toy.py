@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import CLIPTokenizer
@@ -236,7 +237,11 @@ def test_eval_runs_each_method_and_reuses_only_identical_runs(tmp_path, monkeypa
     first = ev.evaluate(config)
     assert len(first) == 1 and first[0].method == "sds-7.5" and 0 <= first[0].scores[0].iou <= 1
     assert "| a red ball | sds-7.5 |" in (tmp_path / "report.md").read_text()
-    assert (tmp_path / "eval.png").stat().st_size > 0
+    from PIL import Image
+
+    sheet = np.asarray(Image.open(tmp_path / "eval.png").convert("RGB"))
+    assert sheet.shape == (14 + 16, 2 * 16 + 2, 3)  # label band over [truth | the one sds-7.5 particle]
+    assert (sheet[:14] < 128).any() and (sheet[14 + 8, 8] < 100).any()  # a label; the red truth in its cell
 
     def no_generation(*args, **kwargs):
         raise AssertionError("a finished run was generated again")

@@ -22,7 +22,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch import Tensor
 
 from splatdreamer import cameras as cams
@@ -179,19 +181,33 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def picture(rows: list[Row], size: int) -> Tensor:
-    """One row per prompt: the true variants, then each method's particles (front view, elevation 15)."""
+def picture(rows: list[Row], size: int) -> np.ndarray:
+    """One row per prompt: the true variants, then each method's particles (front view, elevation 15), in
+    columns aligned across prompts under a label band naming them. -> uint8 [H, W, 3]."""
     front = cams.turntable(1, size, size, elevation=15.0)
     prompts = list(dict.fromkeys(r.prompt for r in rows))
-    width = max(len(variants(p)) for p in prompts) + sum(r.images.shape[0] for r in rows if r.prompt == prompts[0])
+    methods = list(dict.fromkeys(r.method for r in rows))
+    truth_width = max(len(variants(p)) for p in prompts)
+    widths = [truth_width] + [max(r.images.shape[0] for r in rows if r.method == m) for m in methods]
+    blank = torch.ones(1, 3, size, size)
+
+    def padded(images: Tensor, width: int) -> Tensor:
+        return torch.cat([images, blank.expand(width - images.shape[0], -1, -1, -1)])
+
     tiles = []
     for prompt in prompts:
-        row = [render_views(obj.splats, front) for obj in variants(prompt)]
-        row += [r.images for r in rows if r.prompt == prompt]
-        row = torch.cat(row)
-        pad = torch.ones(width - row.shape[0], 3, size, size)
-        tiles.append(torch.cat([row, pad]))
-    return contact_sheet(torch.cat(tiles), columns=width)
+        tiles.append(padded(torch.cat([render_views(obj.splats, front) for obj in variants(prompt)]), truth_width))
+        for method, width in zip(methods, widths[1:]):
+            tiles += [padded(r.images, width) for r in rows if r.prompt == prompt and r.method == method]
+    gutter = 2
+    sheet = contact_sheet(torch.cat(tiles), columns=sum(widths), gutter=gutter)
+    band = Image.new("RGB", (sheet.shape[1], 14), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    column = 0
+    for label, width in zip(["truth", *methods], widths):
+        draw.text((column * (size + gutter) + 2, 1), label, fill=(0, 0, 0))
+        column += width
+    return np.concatenate([np.asarray(band), sheet])
 
 
 def evaluate(config: ToyEvalConfig) -> list[Row]:
