@@ -41,7 +41,7 @@ import torch
 import tyro
 
 from splatdreamer.config import (
-    CameraConfig, GenerateConfig, OutputConfig, PriorConfig, SplatConfig, StrategyConfig, VSDConfig,
+    GenerateConfig, OutputConfig, PriorConfig, SplatConfig, StrategyConfig, VSDConfig,
 )  # fmt: skip
 from splatdreamer.generate import Generation, resolve_device
 from splatdreamer.presets import paper
@@ -186,7 +186,6 @@ def generation_config(config: BenchConfig, particles: int, device: torch.device)
         vsd=VSDConfig(mode=config.mode, views_per_particle=config.views_per_particle),
         splats=SplatConfig(num_init=gaussians, resolution=config.resolution),
         strategy=StrategyConfig(refine_start=10**9),
-        cameras=CameraConfig(),
         output=OutputConfig(preview_every=0, checkpoint_every=0),
     )
 
@@ -237,7 +236,7 @@ def floor_parts(prior: DiffusionPrior, batch: int, size: int, config: BenchConfi
     return parts
 
 
-def time_adapter_switch(prior: DiffusionPrior, device: torch.device) -> dict[str, float]:
+def time_adapter_switch(prior: DiffusionPrior) -> dict[str, float]:
     """Milliseconds of one on/off pair of phi's LoRA switch, three ways, side by side (CPU time: no kernels)."""
     layers, fast = prior._adapter_layers, prior._adapter_flag
 
@@ -340,7 +339,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = resolve_device(config.device)
     start = time.perf_counter()
     prior = build_prior(config, device)
-    switch = time_adapter_switch(prior, device)
+    switch = time_adapter_switch(prior)
     results = [bench(config, k, prior, device) for k in config.particles]
     paper_steps = paper().steps
     size = "tiny (--tiny)" if config.tiny else "Stable Diffusion 2.1-base"

@@ -35,8 +35,8 @@ from splatdreamer.optimize import ParticleOptimizer
 from splatdreamer.preview import write_previews
 from splatdreamer.prior import DiffusionPrior
 from splatdreamer.render import render, resolve_backend
-from splatdreamer.splats import check_finite, num_gaussians, random_ball
-from splatdreamer.timing import NO_TIMER, NoTimer
+from splatdreamer.splats import all_finite, check_finite, num_gaussians, random_ball
+from splatdreamer.timing import NO_TIMER, Timer
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -167,7 +167,7 @@ class Generation:
         self.step = 0
 
     # ---------------------------------------------------------------- one step
-    def train_step(self, timer: NoTimer = NO_TIMER) -> Progress:
+    def train_step(self, timer: Timer = NO_TIMER) -> Progress:
         """One step of Algorithm 1 for every particle. `timer` times its parts (`scripts/bench_step.py`).
 
         The step synchronises with the device twice: to check the loss before it touches the Gaussians,
@@ -251,7 +251,7 @@ class Generation:
                     self.phi_schedule.step()
                     loss_phi = phi_loss.detach()
         # One synchronisation for everything logged and checked.
-        finite = [torch.stack([torch.isfinite(p[k]).all() for k in p.keys()]).all() for p in self.particles]
+        finite = [all_finite(p) for p in self.particles]
         loss_vsd, loss_phi, t_mean, grad_norm, *finite = torch.stack(
             [out.loss.detach(), loss_phi, t.float().mean(), out.grad_norm, *finite]
         ).tolist()
@@ -271,7 +271,7 @@ class Generation:
         )
 
     def particles_are_finite(self) -> bool:
-        return all(torch.isfinite(p[k]).all() for p in self.particles for k in p.keys())
+        return bool(torch.stack([all_finite(p) for p in self.particles]).all())
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:

@@ -134,6 +134,12 @@ def activate(splats: torch.nn.ParameterDict) -> Activated:
     )
 
 
+def all_finite(splats: torch.nn.ParameterDict) -> Tensor:
+    """A 0-dim bool tensor on the particle's device: no parameter holds a NaN or Inf. Reading it synchronises,
+    so a caller can batch it with other values; `check_finite` says which parameter is bad."""
+    return torch.stack([torch.isfinite(splats[key]).all() for key in KEYS]).all()
+
+
 def check_finite(splats: torch.nn.ParameterDict, what: str = "particle") -> None:
     """Raise `NonFiniteError` naming the first parameter that holds a NaN or Inf."""
     for key in KEYS:

@@ -11,8 +11,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import ContextManager, Protocol
 
 import torch
+
+
+class Timer(Protocol):
+    """What `train_step` and `score_distillation` need of a timer."""
+
+    def part(self, name: str) -> ContextManager[None]: ...
 
 
 class NoTimer:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from splatdreamer.errors import ConfigError
 from splatdreamer.prior import DiffusionPrior, TextEmbeddings
-from splatdreamer.timing import NO_TIMER, NoTimer
+from splatdreamer.timing import NO_TIMER, Timer
 
 Mode = Literal["vsd", "sds"]
 
@@ -96,7 +96,7 @@ def score_distillation(
     phi_cfg_scale: float = 1.0,
     grad_clip: float | None = None,
     generator: torch.Generator | None = None,
-    timer: NoTimer = NO_TIMER,
+    timer: Timer = NO_TIMER,
 ) -> Distillation:
     """The VSD (or SDS) gradient for `latents` and its surrogate loss: the theta half of Algorithm 1.
 

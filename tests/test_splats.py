@@ -51,7 +51,9 @@ def test_bad_initialisation_is_a_config_error(kwargs, match):
 def test_check_finite_names_the_parameter():
     p = S.random_ball(5, generator=torch.Generator().manual_seed(0))
     S.check_finite(p)
+    assert S.all_finite(p).item() is True
     with torch.no_grad():
         p["scales"][2, 1] = float("nan")
     with pytest.raises(NonFiniteError, match="1 Gaussians have a NaN or Inf in 'scales'"):
         S.check_finite(p)
+    assert S.all_finite(p).item() is False
