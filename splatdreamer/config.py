@@ -29,20 +29,27 @@ class PriorConfig:
 
     name: str = DEFAULT_PRIOR
     """A diffusers Stable Diffusion directory, a hub id already in the local HF cache, or 'toy' (the embedded prior)."""
+    phi_base: str | None = None
+    """A second SD directory or cached hub id whose UNet carries phi; None = phi's LoRA on the pretrained UNet itself
+    (one UNet in memory). The official code puts phi on SD 2.1 (v-prediction, 768 px) beside SD 2.1-base."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Weights of the frozen UNet/VAE: auto = float16 on CUDA, float32 on CPU. LoRA weights stay float32."""
     lora_rank: int = 4
     """LoRA rank of phi (official: diffusers LoRAAttnProcessor rank 4)."""
     phi_lr: float = 1e-4
     """AdamW learning rate of phi (official main.py --unet_lr 1e-4)."""
-    phi_warmup_steps: int = 500
-    """Linear warm-up of phi's learning rate (official utils.py: LambdaLR over warm_iters = 500)."""
+    phi_warmup_steps: int | None = None
+    """Linear warm-up of phi's learning rate, in phi steps; None = 2 % of the run's phi steps, the official ratio
+    (utils.py: LambdaLR over warm_iters = 500 of 25k steps), so a short run does not spend a quarter of itself warming up."""
     phi_steps: int = 1
     """phi updates per 3D step (official --K 1)."""
     camera_dropout: float = 0.1
     """Probability of zeroing the camera while training phi (official --uncond_p 0.1)."""
     phi_cfg_scale: float = 1.0
     """Guidance between camera-conditioned and camera-free phi; 1.0 = camera only (threestudio guidance_scale_lora)."""
+    camera_init: Literal["default", "zero"] = "default"
+    """Camera embedding's last layer: default = PyTorch's init (official, threestudio), so phi starts away from the
+    pretrained model; zero = phi starts exactly as the pretrained model (the LoRA's B is zero too)."""
 
 
 @dataclass
@@ -51,8 +58,9 @@ class VSDConfig:
 
     mode: Literal["vsd", "sds"] = "vsd"
     """vsd = ProlificDreamer; sds = DreamFusion's baseline (eps_phi replaced by the sampled noise)."""
-    cfg_scale: float = 7.5
-    """Classifier-free guidance of the pretrained score (official run.sh --scale 7.5; SDS usually needs 100)."""
+    cfg_scale: float | None = None
+    """Classifier-free guidance of the pretrained score; None = 7.5 for vsd (official run.sh --scale 7.5) and 100 for
+    sds (DreamFusion Sec. 3.2)."""
     t_min: int = 20
     """Smallest timestep (official t_range 0.02 of 1000)."""
     t_max: int = 980
@@ -68,6 +76,12 @@ class VSDConfig:
     view_dependent_prompts: bool = True
     """Append ', front/side/back/overhead view' to the prompt of the pretrained score (official --dir_text)."""
 
+    def guidance(self) -> float:
+        """The CFG scale this run uses: `cfg_scale`, or the mode's usual value when it is None."""
+        if self.cfg_scale is not None:
+            return self.cfg_scale
+        return 7.5 if self.mode == "vsd" else 100.0
+
 
 @dataclass
 class SplatConfig:
@@ -79,6 +93,9 @@ class SplatConfig:
     """Radius of the initial ball (DreamGaussian: 0.5)."""
     init_opacity: float = 0.1
     """Initial opacity (DreamGaussian, LucidDreamer: 0.1)."""
+    init_color: Literal["grey", "random"] = "grey"
+    """Initial colour of each particle: grey (DreamGaussian) or one random colour per particle, so the particles
+    start apart."""
     init_scale: float | None = None
     """Initial standard deviation; None = half the mean spacing of the initial points."""
     sh_degree: int = 0
@@ -228,7 +245,7 @@ class GenerateConfig:
                 "timesteps must satisfy 0 <= t_min < t_max_annealed <= t_max < 1000, got "
                 f"t_min={self.vsd.t_min}, t_max_annealed={self.vsd.t_max_annealed}, t_max={self.vsd.t_max}"
             )
-        if self.vsd.cfg_scale < 0:
+        if self.vsd.cfg_scale is not None and self.vsd.cfg_scale < 0:
             raise ConfigError(f"--vsd.cfg-scale must be >= 0, got {self.vsd.cfg_scale}")
         if not 0.0 <= self.prior.camera_dropout <= 1.0:
             raise ConfigError(f"--prior.camera-dropout is a probability, got {self.prior.camera_dropout}")

@@ -127,8 +127,10 @@ class Generation:
         dtype = None if config.prior.dtype == "auto" else getattr(torch, config.prior.dtype)
         if prior is None:
             prior = DiffusionPrior.from_pretrained(
-                resolve_prior_name(config.prior.name), device=self.device, dtype=dtype, lora_rank=config.prior.lora_rank
-            )
+                resolve_prior_name(config.prior.name), device=self.device, dtype=dtype, lora_rank=config.prior.lora_rank,
+                phi_base=None if config.prior.phi_base is None else resolve_prior_name(config.prior.phi_base),
+                camera_init=config.prior.camera_init,
+            )  # fmt: skip
         self.prior = prior
         if config.vsd.t_max >= prior.num_train_timesteps:
             raise ConfigError(
@@ -151,6 +153,7 @@ class Generation:
                 init_scale=config.splats.init_scale,
                 init_opacity=config.splats.init_opacity,
                 sh_degree=config.splats.sh_degree,
+                color=_initial_color(config.splats.init_color, self.gen_cpu),
                 generator=self.gen_cpu,
             ).to(self.device)
             for _ in range(config.particles)
@@ -159,7 +162,7 @@ class Generation:
             ParticleOptimizer(p, config.splats, config.strategy, config.steps, scene_scale=config.splats.init_radius)
             for p in self.particles
         ]
-        warmup = max(config.prior.phi_warmup_steps, 1)
+        warmup = phi_warmup(config)
         self.phi_optimizer = torch.optim.AdamW(self.prior.phi_parameters(), lr=config.prior.phi_lr)
         self.phi_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.phi_optimizer, lambda i: min(1.0, (i + 1) / warmup)  # official utils.py: linear warm-up
@@ -212,7 +215,7 @@ class Generation:
             view_labels=labels,
             camera=camera,
             mode=cfg.vsd.mode,
-            cfg_scale=cfg.vsd.cfg_scale,
+            cfg_scale=cfg.vsd.guidance(),
             phi_cfg_scale=cfg.prior.phi_cfg_scale,
             grad_clip=cfg.vsd.grad_clip,
             generator=self.gen_dev,
@@ -325,6 +328,20 @@ class Generation:
             sheets.append(sheet)
             gifs.append(gif)
         return Result(self.run_dir, self.particles, files, sheets, gifs, self.run_dir / METRICS, extra)
+
+
+def phi_warmup(config: GenerateConfig) -> int:
+    """phi's warm-up in phi steps: as configured, or 2 % of the run's phi steps (official: 500 of 25k)."""
+    if config.prior.phi_warmup_steps is not None:
+        return max(config.prior.phi_warmup_steps, 1)
+    return max(1, round(0.02 * config.steps * config.prior.phi_steps))
+
+
+def _initial_color(mode: str, generator: torch.Generator) -> tuple[float, float, float]:
+    """A particle's starting colour: mid grey, or a random one in [0.2, 0.8]^3 (clear of the white background)."""
+    if mode == "grey":
+        return (0.5, 0.5, 0.5)
+    return tuple((0.2 + 0.6 * torch.rand(3, generator=generator)).tolist())
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -80,8 +80,9 @@ def random_ball(
     sh_degree: int = 0,
     generator: torch.Generator | None = None,
     color_noise: float = 0.05,
+    color: tuple[float, float, float] = (0.5, 0.5, 0.5),
 ) -> torch.nn.ParameterDict:
-    """N Gaussians uniform in a ball: grey with a little colour noise, random rotations.
+    """N Gaussians uniform in a ball: one colour (grey by default) with a little noise, random rotations.
 
     `init_scale=None` picks the mean spacing of N points in the ball, radius * (4/3 pi / N)^(1/3) / 2,
     so the initial blob is closed but not saturated. Opacity 0.1 and a ball of radius 0.5 follow
@@ -106,7 +107,7 @@ def random_ball(
     scales = torch.full((num, 3), math.log(init_scale))
     quats = F.normalize(torch.randn(num, 4, generator=g), dim=-1)  # uniform random rotations
     opacities = torch.full((num,), math.log(init_opacity / (1.0 - init_opacity)))
-    rgb = 0.5 + color_noise * torch.randn(num, 3, generator=g)
+    rgb = torch.tensor(color) + color_noise * torch.randn(num, 3, generator=g)
     sh0 = rgb_to_sh0(rgb)[:, None, :]
     shN = torch.zeros(num, num_sh_bases(sh_degree) - 1, 3)
     return from_tensors(means, scales, quats, opacities, sh0, shN)

@@ -141,3 +141,117 @@ def test_nan_in_gaussians_stops_naming_them_and_keeps_the_last_checkpoint(tiny_p
     run_dir = tmp_path / "run"
     assert not list(run_dir.glob("*.ply"))
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 6
+
+
+# ------------------------------------------------------------------------------ the loop's scales and counts
+
+
+def _capturing_run(tiny_prior, tmp_path, monkeypatch, particles, **changes):
+    """A Generation whose renders and score gradients are recorded at every step."""
+    import dataclasses
+
+    from splatdreamer import generate as gen_module
+    from splatdreamer import vsd
+    from splatdreamer.generate import Generation
+
+    config = tiny_config(tiny_prior, tmp_path, steps=50, particles=particles)
+    for section, values in changes.items():
+        setattr(config, section, dataclasses.replace(getattr(config, section), **values))
+    captured = {"rgb_grads": {}, "score_grads": [], "cfg": []}
+    real_render, real_distill = gen_module.render, vsd.score_distillation
+
+    def render(*args, **kwargs):
+        out = real_render(*args, **kwargs)
+        k = len(captured["rgb_grads"])  # the k-th render call of the step is particle k's
+        captured["rgb_grads"][k] = None
+        out.rgb.register_hook(lambda g: captured["rgb_grads"].__setitem__(k, g.detach().clone()))
+        return out
+
+    def distill(*args, **kwargs):
+        out = real_distill(*args, **kwargs)
+        captured["score_grads"].append(out.grad.clone())
+        captured["cfg"].append(kwargs["cfg_scale"])
+        return out
+
+    monkeypatch.setattr(gen_module, "render", render)
+    monkeypatch.setattr(vsd, "score_distillation", distill)
+    return Generation(config, tmp_path), captured
+
+
+@pytest.mark.parametrize("particles", [1, 3])
+def test_each_particle_gets_the_mean_gradient_over_its_own_views(tiny_prior, tmp_path, monkeypatch, particles):
+    """Algorithm 1 moves each particle by the mean score gradient of its own renders, whatever K is."""
+    run, captured = _capturing_run(tiny_prior, tmp_path, monkeypatch, particles)
+    run.train_step()
+    views = run.config.vsd.views_per_particle
+    grad = captured["score_grads"][0]  # [K * V, 3, h, w] w(t) (eps_pre - eps_phi)
+    assert len(captured["rgb_grads"]) == particles and grad.abs().sum() > 0
+    for k, rgb_grad in captured["rgb_grads"].items():
+        # pixel prior: latents = 2 x - 1, so d loss / d pixels = 2 grad / V for each of the particle's V views
+        expected = 2.0 * grad[k * views : (k + 1) * views] / views
+        torch.testing.assert_close(rgb_grad, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("phi_steps", [1, 3])
+def test_phi_takes_exactly_phi_steps_updates_per_step_and_none_for_sds(tiny_prior, tmp_path, monkeypatch, phi_steps):
+    run, _ = _capturing_run(tiny_prior, tmp_path / "vsd", monkeypatch, 2, prior={"phi_steps": phi_steps})
+    calls = []
+    real_loss = run.prior.phi_loss
+    run.prior.phi_loss = lambda *a, **k: calls.append(1) or real_loss(*a, **k)
+    before = [p.detach().clone() for p in run.prior.phi_parameters()]
+    for _ in range(4):
+        run.train_step()
+    assert len(calls) == 4 * phi_steps and run.phi_schedule.last_epoch == 4 * phi_steps
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.prior.phi_parameters()))
+
+    sds, _ = _capturing_run(tiny_prior, tmp_path / "sds", monkeypatch, 2, vsd={"mode": "sds"})
+    frozen = [p.detach().clone() for p in sds.prior.phi_parameters()]
+    sds.train_step()
+    assert sds.phi_schedule.last_epoch == 0
+    assert all(torch.equal(a, b) for a, b in zip(frozen, sds.prior.phi_parameters()))
+
+
+def test_phi_warmup_defaults_to_two_percent_of_the_run(tiny_prior, tmp_path):
+    from splatdreamer.generate import phi_warmup
+
+    config = tiny_config(tiny_prior, tmp_path, steps=1000)
+    assert config.prior.phi_warmup_steps is None and phi_warmup(config) == 20
+    config.prior.phi_steps = 4
+    assert phi_warmup(config) == 80  # counted in phi steps
+    config.prior.phi_warmup_steps = 7
+    assert phi_warmup(config) == 7
+
+
+@pytest.mark.parametrize(("mode", "given", "used"), [("vsd", None, 7.5), ("sds", None, 100.0), ("sds", 7.5, 7.5)])
+def test_sds_uses_dreamfusions_cfg_100_unless_set(tiny_prior, tmp_path, monkeypatch, mode, given, used):
+    run, captured = _capturing_run(tiny_prior, tmp_path, monkeypatch, 1, vsd={"mode": mode, "cfg_scale": given})
+    run.train_step()
+    assert captured["cfg"] == [used]
+
+
+def test_phi_base_and_camera_init_reach_the_prior_from_the_config(tiny_prior, tmp_path):
+    from splatdreamer.generate import Generation
+    from tiny_models import build_tiny_sd
+
+    vpred = build_tiny_sd(tmp_path / "vpred", prediction_type="v_prediction", sample_size=16, seed=1)
+    config = tiny_config(tiny_prior, tmp_path / "run")
+    config.prior.phi_base = str(vpred)
+    config.prior.camera_init = "zero"
+    run = Generation(config, tmp_path / "run")
+    assert run.prior.phi_unet is not run.prior.unet and run.prior.phi_prediction_type == "v_prediction"
+    assert not run.prior.camera_embedding.linear_2.weight.any()
+    default = Generation(tiny_config(tiny_prior, tmp_path / "b"), tmp_path / "b").prior
+    assert default.phi_unet is default.unet and default.camera_embedding.linear_2.weight.any()
+
+
+def test_random_initial_colours_differ_per_particle_and_grey_stays_grey(tiny_prior, tmp_path):
+    from splatdreamer.generate import Generation
+    from splatdreamer.splats import sh0_to_rgb
+
+    config = tiny_config(tiny_prior, tmp_path / "a", particles=3)
+    grey = [sh0_to_rgb(p["sh0"].detach()[:, 0]).mean(0) for p in Generation(config, tmp_path / "a").particles]
+    assert all(torch.allclose(c, torch.full((3,), 0.5), atol=0.02) for c in grey)
+    config.splats.init_color = "random"
+    colors = [sh0_to_rgb(p["sh0"].detach()[:, 0]).mean(0) for p in Generation(config, tmp_path / "b").particles]
+    assert all(((c > 0.18) & (c < 0.82)).all() for c in colors)
+    assert min(torch.dist(a, b) for i, a in enumerate(colors) for b in colors[i + 1 :]) > 0.05

@@ -441,3 +441,19 @@ def test_separate_phi_base_keeps_its_own_prediction_type(pixel_dir, vpred_dir, t
     wide = build_tiny_sd(tmp_path / "wide", cross_attention_dim=32)
     with pytest.raises(PriorLoadError, match="phi's base model does not fit.*cross_attention_dim 32 vs 16"):
         load(pixel_dir, phi_base=wide)
+
+
+@pytest.mark.parametrize("init", ["default", "zero"])
+def test_zero_camera_init_starts_phi_as_the_pretrained_model(pixel_dir, init):
+    prior = load(pixel_dir, camera_init=init)
+    text = prior.text_embeddings("a red ball")
+    _, t, _, x_t = noisy_batch(prior)
+    cam = torch.randn(2, 16)
+    phi = prior.eps_phi(x_t, t, text.plain(2), cam)
+    pretrained = prior.eps_pretrained(x_t, t, text.plain(2), text.negative(2), 1.0)
+    if init == "zero":  # LoRA B = 0 and a zero camera embedding: phi is the pretrained model, for any camera
+        torch.testing.assert_close(phi, pretrained)
+    else:  # PyTorch's init of the last layer adds a random offset to the time embedding
+        assert (phi - pretrained).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="camera_init"):
+        load(pixel_dir, camera_init="ones")

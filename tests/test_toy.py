@@ -16,7 +16,10 @@ from splatdreamer.cameras import DEFAULT_RANGES, VIEW_LABELS, orbit, sample
 from splatdreamer.errors import ConfigError
 from splatdreamer.render import render
 from splatdreamer.toy import measure
-from splatdreamer.toy.data import ToyDataConfig, load_or_render, render_dataset, render_views, training_prompts
+from splatdreamer.toy.data import (
+    ToyDataConfig, draw_batch, load_or_render, object_names, render_dataset, render_views, training_prompts,
+    unconditional_weights,
+)  # fmt: skip
 from splatdreamer.toy.model import ToyModelConfig, build, build_tokenizer, encode_prompts, load, save, toy_words
 from splatdreamer.toy.objects import (
     BALL_COLORS, PALETTE, PROMPTS, ball_surface, cone_surface, cube_surface, quat_z_to, true_colors, variants,
@@ -105,6 +108,28 @@ def test_dataset_shapes_labels_and_cache(tmp_path):
     again = load_or_render(config, tmp_path)  # from the cache
     assert len(list(tmp_path.glob("*.npz"))) == 1
     assert torch.equal(again.images, data.images) and again.labels == data.labels
+
+
+def test_unconditional_examples_show_every_object_equally_often(tmp_path):
+    """Guidance weighs samples by p(x | y) / p(x): a colour of "a ball" that is commoner under p(x) (red, shared
+    with "a red ball") would be suppressed. The empty-prompt draws give each distinct object the same share."""
+    data = load_or_render(ToyDataConfig(views_per_prompt=8, resolution=16, seed=3), tmp_path)
+    names = object_names(data)
+    assert names.count("red ball") == 8 + 2 and names.count("yellow ball") == 2  # uniform draws: 5 red per yellow
+    weights = unconditional_weights(data)
+    g = torch.Generator().manual_seed(0)
+    uncond, cond = [], []
+    for _ in range(300):
+        index, prompts = draw_batch(data, 64, 0.15, weights, g)
+        for i, p in zip(index.tolist(), prompts):
+            (uncond if p == "" else cond).append(i)
+    objects = sorted(set(names))
+    share = torch.tensor([[names[i] for i in uncond].count(o) for o in objects]) / len(uncond)
+    # ~2900 draws: sd 0.0065 per share; uniform draws over images would give red 0.25
+    assert len(objects) == 7 and (share - 1 / 7).abs().max() < 0.03, dict(zip(objects, share.tolist()))
+    assert abs(len(uncond) / (len(uncond) + len(cond)) - 0.15) < 0.01
+    per_prompt = torch.bincount(data.prompt_index[cond], minlength=len(PROMPTS)) / len(cond)
+    assert (per_prompt - 1 / len(PROMPTS)).abs().max() < 0.015  # conditional draws stay uniform over images
 
 
 def test_training_prompts_take_the_three_forms():
@@ -227,20 +252,32 @@ def test_score_particle_is_perfect_on_the_truth_and_worse_when_moved_or_recolour
     assert scored.variant == 1 and scored.iou == 1.0 and scored.color_err < 0.01  # now closest to the yellow ball
 
 
-def test_eval_runs_each_method_and_reuses_only_identical_runs(tmp_path, monkeypatch, capsys):
+def small_eval_base():
+    from splatdreamer.presets import toy
+
+    base = toy()
+    base.particles, base.steps = 1, 3
+    return base
+
+
+def test_eval_runs_each_method_and_seed_and_reuses_only_identical_runs(tmp_path, monkeypatch, capsys):
     from splatdreamer.toy import evaluate as ev
 
     config = ev.ToyEvalConfig(
-        prompts=("a red ball",), methods=("sds-7.5",), particles=1, steps=3, out_dir=tmp_path, size=16,
-        report=tmp_path / "report.md", picture=tmp_path / "eval.png",
+        prompts=("a red ball",), methods=("sds-7.5",), seeds=(0, 1), base=small_eval_base(), out_dir=tmp_path,
+        size=16, report=tmp_path / "report.md", picture=tmp_path / "eval.png",
     )  # fmt: skip
     first = ev.evaluate(config)
-    assert len(first) == 1 and first[0].method == "sds-7.5" and 0 <= first[0].scores[0].iou <= 1
-    assert "| a red ball | sds-7.5 |" in (tmp_path / "report.md").read_text()
+    assert [(r.method, r.seed) for r in first] == [("sds-7.5", 0), ("sds-7.5", 1)]
+    assert all(0 <= r.scores[0].iou <= 1 and 0 <= r.scores[0].iou_outside <= 1 for r in first)
+    assert first[0].scores != first[1].scores  # two seeds, two runs
+    iou = [r.scores[0].iou for r in first]
+    row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| a red ball"))
+    assert row.startswith(f"| a red ball | sds-7.5 | 2 | {sum(iou) / 2:.3f} ({min(iou):.3f}–{max(iou):.3f}) |")
     from PIL import Image
 
     sheet = np.asarray(Image.open(tmp_path / "eval.png").convert("RGB"))
-    assert sheet.shape == (14 + 16, 2 * 16 + 2, 3)  # label band over [truth | the one sds-7.5 particle]
+    assert sheet.shape == (14 + 16, 2 * 16 + 2, 3)  # label band over [truth | the first seed's one particle]
     assert (sheet[:14] < 128).any() and (sheet[14 + 8, 8] < 100).any()  # a label; the red truth in its cell
 
     def no_generation(*args, **kwargs):
@@ -248,6 +285,61 @@ def test_eval_runs_each_method_and_reuses_only_identical_runs(tmp_path, monkeypa
 
     monkeypatch.setattr(ev, "generate", no_generation)
     again = ev.evaluate(dataclasses.replace(config, reuse=True, report=None, picture=None))
-    assert again[0].scores == first[0].scores and again[0].seconds == first[0].seconds
+    assert again[0].scores == first[0].scores and again[1].seconds == first[1].seconds
     with pytest.raises(AssertionError, match="generated again"):  # another seed is another run
-        ev.evaluate(dataclasses.replace(config, reuse=True, seed=1, report=None, picture=None))
+        ev.evaluate(dataclasses.replace(config, reuse=True, seeds=(2,), report=None, picture=None))
+
+
+def test_eval_methods_name_their_objective_and_cfg():
+    from splatdreamer.toy.evaluate import parse_method, run_config, ToyEvalConfig
+
+    assert parse_method("vsd-7.5") == ("vsd", 7.5) and parse_method("sds-100") == ("sds", 100.0)
+    for bad in ("vsd", "sds-x", "gan-7.5", "vsd--1", "vsd-nan"):
+        with pytest.raises(ConfigError, match="MODE-CFG"):
+            parse_method(bad)
+    gen = run_config(ToyEvalConfig(), "a ball", "sds-1", seed=2)
+    assert (gen.vsd.mode, gen.vsd.guidance(), gen.seed, gen.particles) == ("sds", 1.0, 2, 4)
+    assert gen.output.out_dir == Path("runs/toy-eval/a_ball/sds-1/s2")
+
+
+def test_purity_separates_true_colours_from_averages():
+    from splatdreamer.splats import detached_copy, rgb_to_sh0
+    from splatdreamer.toy.evaluate import score_particle
+
+    red = variants("a ball")[0].splats
+    assert score_particle(red, "a ball", 32).pure
+    purple = detached_copy(red)
+    with torch.no_grad():
+        purple["sh0"][:] = rgb_to_sh0((torch.tensor(PALETTE["red"]) + torch.tensor(PALETTE["blue"])) / 2)
+    assert not score_particle(purple, "a ball", 32).pure
+
+
+# --------------------------------------------------------------------------------------------- 2D sampler check
+
+
+def test_classify_colors_names_each_ball_and_an_average_is_not_a_ball_colour():
+    from splatdreamer.toy.image_sampler import EMPTY, classify_colors
+
+    front = view(20.0, 15.0, size=32)
+    images = torch.cat([render_views(b, front) for b in variants("a ball")])
+    blank = torch.ones(1, 3, 32, 32)
+    red, blue = images[0:1], images[3:4]
+    mixed = torch.where(red < 0.99, (red + blue) / 2, red)  # SDS's red-blue average: a purple ball
+    tinted = images[1:2] * 0.9  # a yellow ball on a grey-tinted frame is still yellow
+    labels = classify_colors(torch.cat([images, blank, mixed, tinted]))
+    assert labels == [*BALL_COLORS, EMPTY, "purple", "yellow"]
+
+
+@pytest.mark.slow
+def test_image_particles_follow_the_prior(tmp_path):
+    """VSD's image particles of "a red ball" on the shipped prior become red balls; SDS moves them too."""
+    from splatdreamer.prior import DiffusionPrior
+    from splatdreamer.toy.image_sampler import ImageRunConfig, classify_colors, distill_images
+
+    torch.set_num_threads(1)
+    for mode in ("vsd", "sds"):
+        prior = DiffusionPrior.from_pretrained(SHIPPED)
+        images = distill_images(prior, "a red ball", ImageRunConfig(mode=mode, particles=4, steps=150, cfg_scale=3.0))
+        assert images.shape == (4, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+        labels = classify_colors(images)
+        assert labels.count("red") >= 3, (mode, labels)

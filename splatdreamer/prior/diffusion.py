@@ -68,12 +68,15 @@ class DiffusionPrior:
         camera_dim: int = 16,
         phi_unet: nn.Module | None = None,
         phi_scheduler=None,
+        camera_init: str = "default",
     ) -> None:
         """Wrap loaded components (`from_pretrained` is the usual door); they are frozen and moved to `device`,
         and phi's adapter is added to the UNet in place.
 
         phi_unet / phi_scheduler: a separate base model for phi (same latent space and text width as `unet`,
         same noise schedule); None = the LoRA goes on `unet` itself.
+        camera_init: "default" (PyTorch's init of the camera embedding, as the official code and threestudio) or
+        "zero" (its last layer zeroed, so phi starts exactly as the base model).
         """
         from diffusers import DDPMScheduler
         from diffusers.models.embeddings import TimestepEmbedding
@@ -123,6 +126,11 @@ class DiffusionPrior:
         # official camera_emb is the same Linear-SiLU-Linear). Default init, as both; fp32 weights.
         time_dim = self.phi_unet.time_embedding.linear_2.out_features
         self.camera_embedding = TimestepEmbedding(camera_dim, time_dim).to(self.device)
+        if camera_init == "zero":
+            nn.init.zeros_(self.camera_embedding.linear_2.weight)
+            nn.init.zeros_(self.camera_embedding.linear_2.bias)
+        elif camera_init != "default":
+            raise ConfigError(f"unknown camera_init {camera_init!r}; use 'default' or 'zero'")
         self.camera_dim = camera_dim
         self._phi_off()
         self._text_cache: dict[tuple[str, str], TextEmbeddings] = {}
@@ -137,6 +145,7 @@ class DiffusionPrior:
         lora_rank: int = 4,
         camera_dim: int = 16,
         phi_base: str | Path | None = None,
+        camera_init: str = "default",
     ) -> "DiffusionPrior":
         """Load a diffusers Stable Diffusion 1.x/2.x directory, or a hub id already in the local HF cache.
 
@@ -171,7 +180,7 @@ class DiffusionPrior:
                 phi_scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(d, subfolder="scheduler"))
         return cls(
             unet, text_encoder, tokenizer, scheduler, vae, device=device, dtype=dtype, lora_rank=lora_rank,
-            camera_dim=camera_dim, phi_unet=phi_unet, phi_scheduler=phi_scheduler,
+            camera_dim=camera_dim, phi_unet=phi_unet, phi_scheduler=phi_scheduler, camera_init=camera_init,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- text

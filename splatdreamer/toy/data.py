@@ -141,6 +141,47 @@ def load_or_render(config: ToyDataConfig, cache_dir: str | Path) -> ToyDataset:
     return data
 
 
+def object_names(dataset: ToyDataset) -> list[str]:
+    """[N] the distinct object each image shows ("red ball" for both "a red ball" and the red "a ball")."""
+    return [variants(PROMPTS[p])[v].name for p, v in zip(dataset.prompt_index.tolist(), dataset.variant_index.tolist())]
+
+
+def unconditional_weights(dataset: ToyDataset) -> Tensor:
+    """[N] sampling weights under which every distinct object of the world is equally likely.
+
+    The images trained on the empty prompt define p(x), and classifier-free guidance scales each sample by
+    (p(x | y) / p(x))^(w - 1). Drawn uniformly, p(x) holds five red balls for every yellow one ("a red ball"
+    adds 600 red balls to the 150 of "a ball"), so guiding "a ball" suppressed red: the old prior drew 26 of
+    32 "a ball" samples green at CFG 7.5. With each object equally likely under p(x), guidance treats the
+    four colours of "a ball" alike.
+    """
+    names = object_names(dataset)
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return torch.tensor([1.0 / counts[name] for name in names], dtype=torch.float64)
+
+
+def draw_batch(
+    dataset: ToyDataset,
+    batch_size: int,
+    p_uncond: float,
+    uncond_weights: Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, list[str]]:
+    """([B] image indices, [B] prompts) for one training step.
+
+    Conditional examples are drawn uniformly over the images (equal views per prompt); examples on the
+    empty prompt are drawn by `uncond_weights` (see `unconditional_weights`).
+    """
+    index = torch.randint(0, len(dataset), (batch_size,), generator=generator)
+    prompts = training_prompts(dataset, index, p_uncond, generator)
+    empty = torch.tensor([p == "" for p in prompts])
+    if empty.any():
+        index[empty] = torch.multinomial(uncond_weights, int(empty.sum()), replacement=True, generator=generator)
+    return index, prompts
+
+
 def training_prompts(
     dataset: ToyDataset, index: Tensor, p_uncond: float, generator: torch.Generator | None = None
 ) -> list[str]:

@@ -5,22 +5,28 @@ For each prompt and method the same generation (steps, seed, particles, cameras)
 object rendered from the same views:
 
     iou         silhouette IoU (alpha > 0.5), the paper's "does it have the right shape"
+    iou outside the same over views the training cameras never took (from below and from high above)
     color_err   mean absolute RGB error over pixels that are object in both images
     psnr        of the whole image (white background included)
     sat_excess  mean HSV saturation of the object's pixels minus the true object's (> 0: over-saturated)
-    colors      for "a ball": how many of its four colours the particles cover
+    pure        share of particles whose colour error is below 0.1: a colour the object really has
+    colors      for "a ball": how many of its four colours the pure particles cover
 
 For a prompt with several true variants ("a ball"), each particle is scored against its closest variant.
+Every cell runs for several seeds; the table gives the mean over seeds and their range.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,6 +35,7 @@ from torch import Tensor
 
 from splatdreamer import cameras as cams
 from splatdreamer.config import GenerateConfig, load_json, prompt_slug, to_dict
+from splatdreamer.errors import ConfigError
 from splatdreamer.generate import CONFIG, METRICS, generate
 from splatdreamer.io.images import contact_sheet, save_png
 from splatdreamer.io.ply import load_ply
@@ -37,29 +44,48 @@ from splatdreamer.preview import render_views
 from splatdreamer.render import render
 from splatdreamer.toy.objects import PROMPTS, variants
 
-METHODS = {  # name -> (mode, cfg_scale)
-    "vsd": ("vsd", 7.5),  # ProlificDreamer: CFG 7.5 (official run.sh --scale 7.5)
-    "sds-100": ("sds", 100.0),  # DreamFusion's usual guidance
-    "sds-7.5": ("sds", 7.5),
-}
+DEFAULT_METHODS = ("vsd-7.5", "sds-7.5", "sds-100", "vsd-1", "sds-1")
+PURE_COLOR_ERROR = 0.1  # a particle is pure when its colour error against its closest true variant is below this
+
+
+def parse_method(method: str) -> tuple[str, float]:
+    """'vsd-7.5' -> ('vsd', 7.5): the objective and the CFG of the pretrained score.
+
+    vsd-7.5 is ProlificDreamer's setting (official run.sh --scale 7.5), sds-100 DreamFusion's; the -1 columns
+    are the plain conditional score, which the toy prior samples best.
+    """
+    mode, _, scale = method.partition("-")
+    try:
+        cfg = float(scale)
+    except ValueError:
+        cfg = math.nan
+    if mode not in ("vsd", "sds") or not math.isfinite(cfg) or cfg < 0:
+        raise ConfigError(f"unknown method {method!r}; write MODE-CFG with MODE vsd or sds, e.g. vsd-7.5 or sds-100")
+    return mode, cfg
 
 
 @dataclass
 class ToyEvalConfig:
-    """Run VSD and SDS on the toy prompts and write one table."""
+    """Run VSD and SDS on the toy prompts, over seeds, and write one table."""
 
     prompts: tuple[str, ...] = PROMPTS
     """Prompts to evaluate (the toy world's)."""
-    methods: tuple[str, ...] = tuple(METHODS)
-    """Methods: vsd (CFG 7.5), sds-100, sds-7.5."""
-    particles: int = 4
-    """Particles per run, for every method (the paper's VSD uses 4)."""
-    steps: int | None = None
-    """Steps per run; None = the toy preset's."""
-    views_per_particle: int = 1
-    """Cameras per particle per step (4 particles x 1 view = the toy preset's batch of 4)."""
-    seed: int = 0
-    """Seed shared by every run."""
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    """Objective and CFG as MODE-CFG: vsd-7.5 (ProlificDreamer), sds-100 (DreamFusion), sds-7.5, vsd-1, sds-1."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds per prompt and method; the table gives the mean and the spread (min-max) over them."""
+    base: GenerateConfig = field(default_factory=toy)
+    """The generation every cell runs (the toy preset); prompt, seed, mode, CFG and folder are set per cell,
+    any other generate flag can be changed, e.g. --base.prior.phi-steps 2."""
+    space: Literal["3d", "image"] = "3d"
+    """3d: the generation loop. image: the paper's 2D check, image particles optimised against the prior directly,
+    their colours counted beside the prior's own ancestral samples at the same CFG (`toy/image_sampler.py`)."""
+    image_particles: int = 8
+    """Image particles per run (--space image)."""
+    image_steps: int = 400
+    """Steps per image run (--space image)."""
+    ancestral_samples: int = 64
+    """Ancestral samples of the prior counted per CFG (--space image)."""
     out_dir: Path = Path("runs/toy-eval")
     """Where the runs and pictures go."""
     size: int = 64
@@ -67,7 +93,7 @@ class ToyEvalConfig:
     report: Path | None = None
     """Append the table (markdown) to this file, e.g. docs/benchmarks.md."""
     picture: Path | None = None
-    """Write the ground-truth-beside-results picture here, e.g. docs/toy_eval.png."""
+    """Write the ground-truth-beside-results picture here (first seed), e.g. docs/toy_eval.png."""
     reuse: bool = False
     """Score a run already in `out_dir` whose saved config is exactly this one instead of running it again
     (e.g. after running the prompts in parallel processes)."""
@@ -75,17 +101,24 @@ class ToyEvalConfig:
 
 @dataclass
 class Score:
-    iou: float
+    iou: float  # over every scoring view
+    iou_outside: float  # over the views outside the training cameras' elevations (from below, from high above)
     color_err: float
     psnr: float
     sat_excess: float
     variant: int  # index of the closest true variant
+
+    @property
+    def pure(self) -> bool:
+        """The particle's colour is one the object really has (SDS's red-blue average is not)."""
+        return self.color_err < PURE_COLOR_ERROR
 
 
 @dataclass
 class Row:
     prompt: str
     method: str
+    seed: int
     scores: list[Score]
     colors_covered: int
     seconds: float
@@ -98,9 +131,18 @@ def saturation(rgb: Tensor) -> Tensor:
     return (hi - lo) / hi.clamp(min=1e-6)
 
 
+def scoring_views(size: int) -> tuple[cams.Cameras, int]:
+    """The fixed evaluation views, then 4 from below (elevation -40) and 4 from high above (elevation 75), outside
+    the training cameras' [-10, 45] degrees -> (cameras, index of the first outside view)."""
+    inside = cams.evaluation_views(size, size)
+    below = cams.turntable(4, size, size, elevation=-40.0)
+    above = cams.turntable(4, size, size, elevation=75.0)
+    return cams.Cameras.cat([inside, below, above]), len(inside)
+
+
 @torch.no_grad()
 def score_particle(particle: torch.nn.ParameterDict, prompt: str, size: int) -> Score:
-    views = cams.evaluation_views(size, size)
+    views, first_outside = scoring_views(size)
     white = torch.ones(len(views), 3)
     out = render(particle, views, white)
     best = None
@@ -108,6 +150,10 @@ def score_particle(particle: torch.nn.ParameterDict, prompt: str, size: int) -> 
         truth = render(obj.splats, views, white)
         mask, true_mask = out.alpha[:, 0] > 0.5, truth.alpha[:, 0] > 0.5
         iou = ((mask & true_mask).sum() / (mask | true_mask).sum().clamp(min=1)).item()
+        outside = slice(first_outside, None)
+        iou_outside = (
+            (mask[outside] & true_mask[outside]).sum() / (mask[outside] | true_mask[outside]).sum().clamp(min=1)
+        ).item()
         both = (mask & true_mask)[:, None].expand_as(out.rgb)
         rgb, true_rgb = out.rgb.clamp(0, 1), truth.rgb.clamp(0, 1)
         color_err = ((rgb - true_rgb).abs()[both].mean()).item() if both.any() else 1.0
@@ -115,23 +161,22 @@ def score_particle(particle: torch.nn.ParameterDict, prompt: str, size: int) -> 
         psnr = 10 * math.log10(1.0 / max(mse, 1e-10))
         ours = saturation(rgb.permute(0, 2, 3, 1)[mask]).mean().item() if mask.any() else 0.0
         theirs = saturation(true_rgb.permute(0, 2, 3, 1)[true_mask]).mean().item()
-        score = Score(iou, color_err, psnr, ours - theirs, v)
+        score = Score(iou, iou_outside, color_err, psnr, ours - theirs, v)
         if best is None or score.color_err < best.color_err:
             best = score
     return best
 
 
-def run_config(config: ToyEvalConfig, prompt: str, method: str) -> GenerateConfig:
-    """The generation one cell of the table runs: the toy preset with the method's objective."""
-    mode, cfg_scale = METHODS[method]
-    gen = toy()
+def run_config(config: ToyEvalConfig, prompt: str, method: str, seed: int) -> GenerateConfig:
+    """The generation one cell of the table runs: the base config (toy preset) with the method's objective."""
+    mode, cfg_scale = parse_method(method)
+    gen = copy.deepcopy(config.base)
     gen.prompt = prompt
-    gen.seed = config.seed
-    gen.particles = config.particles
-    gen.steps = config.steps or gen.steps
-    gen.vsd = dataclasses.replace(gen.vsd, mode=mode, cfg_scale=cfg_scale, views_per_particle=config.views_per_particle)
+    gen.seed = seed
+    gen.resume = None
+    gen.vsd = dataclasses.replace(gen.vsd, mode=mode, cfg_scale=cfg_scale)
     gen.output = dataclasses.replace(
-        gen.output, out_dir=config.out_dir / prompt_slug(prompt) / method, overwrite=True,
+        gen.output, out_dir=config.out_dir / prompt_slug(prompt) / method / f"s{seed}", overwrite=True,
         preview_every=0, checkpoint_every=0,
     )  # fmt: skip
     return gen
@@ -154,8 +199,8 @@ def loop_seconds(run_dir: Path) -> float:
     return json.loads((run_dir / METRICS).read_text().splitlines()[-1])["seconds"]
 
 
-def run_one(config: ToyEvalConfig, prompt: str, method: str) -> Row:
-    gen = run_config(config, prompt, method)
+def run_one(config: ToyEvalConfig, prompt: str, method: str, seed: int) -> Row:
+    gen = run_config(config, prompt, method, seed)
     particles = finished_run(gen) if config.reuse else None
     if particles is None:
         particles = generate(gen).particles
@@ -163,20 +208,36 @@ def run_one(config: ToyEvalConfig, prompt: str, method: str) -> Row:
     front = cams.turntable(1, config.size, config.size, elevation=15.0)
     images = torch.cat([render_views(p, front) for p in particles])
     seconds = loop_seconds(gen.output.out_dir)
-    return Row(prompt, method, scores, len({s.variant for s in scores}), seconds, images)
+    covered = len({s.variant for s in scores if s.pure})
+    return Row(prompt, method, seed, scores, covered, seconds, images)
+
+
+def _stat(values: list[float], digits: int, sign: bool = False) -> str:
+    """'mean' for one value, 'mean (min-max)' for several."""
+    fmt = f"{{:{'+' if sign else ''}.{digits}f}}"
+    mean = fmt.format(sum(values) / len(values))
+    if len(values) == 1:
+        return mean
+    return f"{mean} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
 def table(rows: list[Row]) -> str:
+    """One line per (prompt, method): means over particles, then the mean and range over seeds."""
     lines = [
-        "| prompt | method | IoU | colour error | PSNR (dB) | saturation excess | colours covered | loop seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| prompt | method | seeds | IoU | IoU outside | colour error | PSNR (dB) | saturation excess | pure | "
+        "colours covered | loop seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        mean = lambda key: sum(getattr(s, key) for s in r.scores) / len(r.scores)  # noqa: E731
-        covered = f"{r.colors_covered} of {len(variants(r.prompt))}" if len(variants(r.prompt)) > 1 else "–"
+    for prompt, method in dict.fromkeys((r.prompt, r.method) for r in rows):
+        group = [r for r in rows if r.prompt == prompt and r.method == method]
+        per_seed = lambda key: [sum(getattr(s, key) for s in r.scores) / len(r.scores) for r in group]  # noqa: E731
+        n_variants = len(variants(prompt))
+        covered = _stat([float(r.colors_covered) for r in group], 2) + f" of {n_variants}" if n_variants > 1 else "–"
         lines.append(
-            f"| {r.prompt} | {r.method} | {mean('iou'):.3f} | {mean('color_err'):.3f} | {mean('psnr'):.1f} | "
-            f"{mean('sat_excess'):+.3f} | {covered} | {r.seconds:.0f} |"
+            f"| {prompt} | {method} | {len(group)} | {_stat(per_seed('iou'), 3)} | {_stat(per_seed('iou_outside'), 3)} "
+            f"| {_stat(per_seed('color_err'), 3)} | {_stat(per_seed('psnr'), 1)} "
+            f"| {_stat(per_seed('sat_excess'), 3, sign=True)} | {_stat(per_seed('pure'), 2)} | {covered} "
+            f"| {sum(r.seconds for r in group) / len(group):.0f} |"
         )
     return "\n".join(lines)
 
@@ -198,7 +259,7 @@ def picture(rows: list[Row], size: int) -> np.ndarray:
     for prompt in prompts:
         tiles.append(padded(torch.cat([render_views(obj.splats, front) for obj in variants(prompt)]), truth_width))
         for method, width in zip(methods, widths[1:]):
-            tiles += [padded(r.images, width) for r in rows if r.prompt == prompt and r.method == method]
+            tiles += [padded(r.images, width) for r in rows if r.prompt == prompt and r.method == method][:1]
     gutter = 2
     sheet = contact_sheet(torch.cat(tiles), columns=sum(widths), gutter=gutter)
     band = Image.new("RGB", (sheet.shape[1], 14), (255, 255, 255))
@@ -210,23 +271,82 @@ def picture(rows: list[Row], size: int) -> np.ndarray:
     return np.concatenate([np.asarray(band), sheet])
 
 
-def evaluate(config: ToyEvalConfig) -> list[Row]:
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        from splatdreamer.errors import ConfigError
+def _command() -> str:
+    return "splatdreamer toy eval " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["toy", "eval"] else "toy.evaluate"
 
-        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+
+def evaluate(config: ToyEvalConfig) -> list[Row]:
+    """Run (or reuse) every prompt x method x seed, print and report the table; --space image runs `evaluate_images`."""
+    for method in config.methods:
+        parse_method(method)
+    if config.space == "image":
+        evaluate_images(config)
+        return []
     rows = []
     for prompt in config.prompts:
         for method in config.methods:
-            rows.append(run_one(config, prompt, method))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+            for seed in config.seeds:
+                rows.append(run_one(config, prompt, method, seed))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = table(rows)
     print(text)
-    command = "splatdreamer toy eval " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["toy", "eval"] else "toy.evaluate"
     if config.report is not None:
         with open(config.report, "a") as f:
-            f.write(f"\n`{command}` ({config.particles} particles, seed {config.seed}):\n\n{text}\n")
+            f.write(f"\n`{_command()}` ({config.base.particles} particles, seeds {list(config.seeds)}):\n\n{text}\n")
     if config.picture is not None:
         save_png(picture(rows, config.size), config.picture)
     return rows
+
+
+def evaluate_images(config: ToyEvalConfig) -> str:
+    """The 2D check. Per CFG: how often the prior's own ancestral samples show each prompt's object
+    (`sample.check_prior`) and the colours they take; then the colours of VSD's and SDS's image particles."""
+    from splatdreamer.generate import resolve_prior_name
+    from splatdreamer.prior import DiffusionPrior
+    from splatdreamer.toy import image_sampler as im
+    from splatdreamer.toy.model import load
+    from splatdreamer.toy.sample import check_prior
+
+    prior_dir = resolve_prior_name(config.base.prior.name)
+    parts = load(prior_dir)
+    n = config.ancestral_samples
+    recognised = ["| CFG | " + " | ".join(config.prompts) + " |", "|---|" + "---|" * len(config.prompts)]
+    counts = [im.count_header()]
+    for cfg_scale in dict.fromkeys(parse_method(m)[1] for m in config.methods):
+        checks = {c.prompt: c for c in check_prior(parts, per_prompt=n, guidance_scale=cfg_scale, seed=config.seeds[0])}
+        rates = [checks[p].recognised().float().mean().item() for p in config.prompts]
+        recognised.append(f"| {cfg_scale:g} | " + " | ".join(f"{r:.0%}" for r in rates) + " |")
+        print(recognised[-1], flush=True)
+        for prompt in config.prompts:
+            labels = im.classify_colors(checks[prompt].images)
+            counts.append(im.count_row(f"{prompt}: prior's samples", cfg_scale, Counter(labels), n))
+            print(counts[-1], flush=True)
+            for method in config.methods:
+                mode, scale = parse_method(method)
+                if scale != cfg_scale:
+                    continue
+                for seed in config.seeds:
+                    prior = DiffusionPrior.from_pretrained(prior_dir)  # a fresh phi for every run
+                    run = im.ImageRunConfig(
+                        mode=mode, cfg_scale=scale, particles=config.image_particles, steps=config.image_steps,
+                        phi_lr=config.base.prior.phi_lr, phi_steps=config.base.prior.phi_steps, seed=seed,
+                    )  # fmt: skip
+                    images = im.distill_images(prior, prompt, run)
+                    labels = im.classify_colors(images)
+                    counts.append(im.count_row(f"{prompt}: {mode} seed {seed}", scale, Counter(labels), len(labels)))
+                    print(counts[-1], flush=True)
+                    save_png(
+                        contact_sheet(images, columns=len(images)),
+                        config.out_dir / "image" / prompt_slug(prompt) / f"{method}-s{seed}.png",
+                    )
+    text = (
+        f"Share of the prior's {n} ancestral samples per prompt that `check_prior` recognises:\n\n"
+        + "\n".join(recognised)
+        + "\n\nColours of the prior's samples and of the image particles:\n\n"
+        + "\n".join(counts)
+    )
+    print(text)
+    if config.report is not None:
+        with open(config.report, "a") as f:
+            f.write(f"\n`{_command()}`:\n\n{text}\n")
+    return text

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import tyro
 
 from splatdreamer.errors import ConfigError
-from splatdreamer.toy.data import ToyDataConfig, load_or_render, training_prompts
+from splatdreamer.toy.data import ToyDataConfig, draw_batch, load_or_render, unconditional_weights
 from splatdreamer.toy.model import ToyModelConfig, ToyPriorParts, build, encode_prompts, save
 
 
@@ -122,6 +122,7 @@ def train(config: ToyTrainConfig) -> TrainResult:
     data = load_or_render(config.data, config.data_dir)
     print(f"data: {len(data)} images of {config.data.resolution}px ({time.time() - start:.0f} s)", flush=True)
     images = data.images.float() / 127.5 - 1.0  # [N, 3, H, W] in [-1, 1]
+    uncond_weights = unconditional_weights(data)
 
     parts = build(config.model, seed=config.seed)
     ema = ToyPriorParts(copy.deepcopy(parts.unet), copy.deepcopy(parts.text_encoder), parts.tokenizer, parts.scheduler)
@@ -139,8 +140,7 @@ def train(config: ToyTrainConfig) -> TrainResult:
     losses: list[float] = []
     t0 = time.time()
     for step in range(config.steps):
-        index = torch.randint(0, len(data), (config.batch_size,), generator=g)
-        prompts = training_prompts(data, index, config.p_uncond, g)
+        index, prompts = draw_batch(data, config.batch_size, config.p_uncond, uncond_weights, g)
         loss = diffusion_loss(parts, images[index], prompts, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
