@@ -125,16 +125,16 @@ def test_nan_in_gaussians_stops_naming_them_and_keeps_the_last_checkpoint(tiny_p
 
     run_particles = []
     config = tiny_config(tiny_prior, tmp_path / "run")
-    from splatdreamer import generate as generate_module
+    from splatdreamer.generate import Generation
 
-    init = generate_module.Generation.__init__
+    init = Generation.__init__
 
     def remember(self, *args, **kwargs):
         init(self, *args, **kwargs)
         run_particles.extend(self.particles)
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(generate_module.Generation, "__init__", remember)
+        m.setattr(Generation, "__init__", remember)
         message = r"particle 1 at step 7: \d+ Gaussians have a NaN or Inf in '\w+'.*checkpoint in .* is intact"
         with pytest.raises(NonFiniteError, match=message):
             generate(config, callback=break_particle_one)
