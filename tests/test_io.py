@@ -1,4 +1,7 @@
 import os
+import socket
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -9,10 +12,11 @@ from gsplat import export_splats
 from PIL import Image
 
 from splatdreamer import splats as S
-from splatdreamer.errors import ConfigError, NonFiniteError, PlyFormatError
+from splatdreamer.errors import ConfigError, NonFiniteError, PlyFormatError, RunFolderError
 from splatdreamer.io import ply as ply_module
-from splatdreamer.io.atomic import atomic_save_torch, atomic_write
+from splatdreamer.io.atomic import atomic_save_torch, atomic_write, remove_stale_temporaries
 from splatdreamer.io.export import export, format_from_path
+from splatdreamer.io.lock import LOCK, RunLock
 from splatdreamer.io.images import GUTTER_VALUE, contact_sheet, save_gif, save_png, to_uint8
 from splatdreamer.io.ply import load_ply, save_ply
 
@@ -105,6 +109,61 @@ def test_atomic_save_torch(tmp_path):
 
 
 # --------------------------------------------------------------------------------- ply write
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    keep = [tmp_path / "checkpoint.pt", tmp_path / ".hidden.tmp", tmp_path / ".notes.txt.tmp", tmp_path / "a.tmp"]
+    stale = [tmp_path / ".checkpoint.pt.0a1b2c3d.tmp", tmp_path / "previews" / ".step_000100.png.deadbeef.tmp"]
+    for path in keep + stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"x" * 10)
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+def test_run_lock_holds_the_pid_and_is_released(tmp_path):
+    with RunLock(tmp_path) as lock:
+        pid, host, start = (tmp_path / LOCK).read_text().split()
+        assert int(pid) == os.getpid() and lock.owner() == f"pid {os.getpid()}"
+        with pytest.raises(RunFolderError, match=rf"in use by another splatdreamer run \(pid {os.getpid()}\)"):
+            RunLock(tmp_path).acquire()
+    assert not (tmp_path / LOCK).exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary left either
+
+
+def test_run_lock_of_a_living_process_is_refused_and_a_dead_ones_is_taken_over(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK).write_text(f"{child.pid} {socket.gethostname()} -\n")
+        with pytest.raises(RunFolderError, match=rf"pid {child.pid}\).*delete {tmp_path / LOCK}"):
+            RunLock(tmp_path).acquire()
+    finally:
+        child.kill()
+        child.wait()
+    with RunLock(tmp_path):  # the same lock is stale now
+        assert (tmp_path / LOCK).read_text().split()[0] == str(os.getpid())
+    (tmp_path / LOCK).write_text("garbage")  # not a lock RunLock writes: stale too
+    with RunLock(tmp_path):
+        assert (tmp_path / LOCK).read_text().split()[0] == str(os.getpid())
+
+
+def test_run_lock_with_a_reused_pid_is_stale(tmp_path):
+    """Our own pid, but another start time: the process that wrote it is gone and the pid was reused."""
+    if not os.path.exists(f"/proc/{os.getpid()}/stat"):
+        pytest.skip("start times are read from /proc (Linux)")
+    (tmp_path / LOCK).write_text(f"{os.getpid()} {socket.gethostname()} 1\n")
+    assert RunLock(tmp_path).owner() is None
+
+
+def test_run_lock_of_another_host_is_refused(tmp_path):
+    (tmp_path / LOCK).write_text("1 some-other-host -\n")
+    with pytest.raises(RunFolderError, match="pid 1 on some-other-host"):
+        RunLock(tmp_path).acquire()
+
+
+def test_run_lock_in_a_folder_that_cannot_be_written(tmp_path):
+    with pytest.raises(RunFolderError, match=r"cannot write in /proc/1 .*--output.out-dir"):
+        RunLock("/proc/1").acquire()
 
 
 @pytest.mark.parametrize("degree", [0, 3])
