@@ -90,6 +90,8 @@ def cmd_generate(args: list[str]) -> None:
         "--config FILE from a run's saved config.json. Flags given after it override it."
     )
     config = tyro.cli(GenerateConfig, args=rest, default=base, prog="splatdreamer generate", description=description)
+    if config.resume is not None and len(rest) < len(args):
+        raise ConfigError("--resume continues a run with its own config.json; drop --preset / --config")
     generate(config)
 
 
@@ -161,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     except SplatdreamerError as e:
         print(f"splatdreamer: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        resume = "; a checkpoint was saved, continue with --resume RUN_DIR" if command is cmd_generate else ""
-        print(f"\nsplatdreamer: interrupted{resume}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # generate() says what was saved (a checkpoint, or none); a bare interrupt claims nothing.
+        note = f"; {e.args[0]}" if e.args else ""
+        print(f"\nsplatdreamer: interrupted{note}", file=sys.stderr)
         return 130
     return 0
 

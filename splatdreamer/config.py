@@ -192,7 +192,7 @@ class GenerateConfig:
     particles: int = 1
     """VSD particles, each its own set of Gaussians (the paper uses 4 for diversity)."""
     seed: int = 0
-    """Seed of every random draw; a CPU run is reproducible bit for bit."""
+    """Seed of every random draw; a CPU run is reproducible bit for bit with the same number of threads."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = CUDA when available."""
     resume: Path | None = None

@@ -119,7 +119,7 @@ def test_every_float_setting_must_be_finite(value):
         ("splats.init_opacity", 1.0, r"--splats.init-opacity must be in \(0, 0.999\], got 1.0"),
         ("splats.lr_means", 0.0, r"--splats.lr-means must be positive, got 0.0"),
         ("cameras.radius", (1.0,), r"--cameras.radius must be 2 values, got \(1.0,\)"),
-        ("cameras.background", "pink", r"--cameras.background must be one of 'white', 'black', 'random', 'white_black'"),
+        ("cameras.background", "pink", r"--cameras.background must be one of 'white', 'black', 'random', 'white_bl"),
         ("output.formats", "ply", r"--output.formats must be a tuple"),
         ("output.formats", ("ply", "obj"), r"--output.formats\[1\] must be one of 'ply', 'splat', 'ply_compressed'"),
         ("output.formats", (), r"--output.formats is empty"),
