@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +46,47 @@ def test_render_of_a_broken_file_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("splatdreamer: error:") and "broken.ply" in err and "Traceback" not in err
     assert not (tmp_path / "broken.png").exists() and not (tmp_path / "broken.gif").exists()
+
+
+def test_render_keeps_dotted_names_apart(red_ball, tmp_path, capsys):
+    for version in ("v1", "v2"):
+        (tmp_path / f"scene.{version}.ply").write_bytes(red_ball.read_bytes())
+        args = ["render", str(tmp_path / f"scene.{version}.ply"), "--size", "8", "--frames", "1", "--device", "cpu"]
+        assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.glob("scene*.png")) == ["scene.v1.png", "scene.v2.png"]
+    assert sorted(p.name for p in tmp_path.glob("scene*.gif")) == ["scene.v1.gif", "scene.v2.gif"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--frames", "0"], "--frames must be in (0, 3600], got 0"),
+        (["--frames", "-1"], "--frames must be in (0, 3600], got -1"),
+        (["--size", "0"], "--size must be in (0, 4096], got 0"),
+        (["--size", "100000"], "--size must be in (0, 4096], got 100000"),
+        (["--background", "1", "nan", "1"], "--background[1] must be a finite number, got nan"),
+        (["--background", "2", "0", "0"], "--background must be in [0, 1], got (2.0, 0.0, 0.0)"),
+    ],
+)
+def test_render_refuses_bad_settings_before_writing_anything(red_ball, tmp_path, capsys, flags, message):
+    assert main(["render", str(red_ball), "--out", str(tmp_path / "x"), "--device", "cpu", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_render_and_convert_of_a_fifo_fail_at_once(tmp_path, capsys):
+    fifo = tmp_path / "scene.ply"
+    os.mkfifo(fifo)
+    codes = []
+    worker = threading.Thread(target=lambda: codes.extend([main(["render", str(fifo), "--device", "cpu"]),
+                                                           main(["convert", str(fifo), str(tmp_path / "x.splat")])]),
+                              daemon=True)  # fmt: skip
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():  # unblock it before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert codes == [2, 2]
+    assert capsys.readouterr().err.count("it is a FIFO; give a .ply file") == 2
 
 
 def test_convert_to_splat_keeps_the_gaussians(red_ball, tmp_path, capsys):
