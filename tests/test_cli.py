@@ -123,3 +123,25 @@ def test_doctor_reports_this_machine_and_the_next_step(capsys):
     if not torch.cuda.is_available():
         assert "no CUDA device" in out
         assert "next: splatdreamer generate --preset toy --prompt 'a red ball'" in out
+
+
+def test_doctor_finds_a_half_downloaded_stable_diffusion(tmp_path):
+    """The HF cache layout (refs/main -> snapshots/<rev>/) with a complete tiny SD, then without the UNet's weights."""
+    from splatdreamer.doctor import hub_prior_status
+    from tiny_models import build_tiny_sd
+
+    repo = tmp_path / "models--owner--sd"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abc")
+    snapshot = build_tiny_sd(repo / "snapshots" / "0123abc", sample_size=16)
+    assert hub_prior_status("owner/sd", cache_dir=tmp_path) == f"in the local HF cache ({snapshot})"
+    (snapshot / "unet" / "diffusion_pytorch_model.safetensors").unlink()  # its download never finished
+    status = hub_prior_status("owner/sd", cache_dir=tmp_path)
+    assert status.startswith("incomplete in the local HF cache:") and "unet/ has no weights" in status
+    assert status.endswith("download it again (huggingface-cli download owner/sd)")
+    assert hub_prior_status("owner/other", cache_dir=tmp_path) == "not in the local HF cache"
+
+
+def test_convert_refuses_a_folder_as_its_output(red_ball, tmp_path, capsys):
+    assert main(["convert", str(red_ball), str(tmp_path)]) == 2
+    assert f"the output {tmp_path} is a folder" in capsys.readouterr().err
