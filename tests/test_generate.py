@@ -12,7 +12,7 @@ import torch
 
 from splatdreamer.cli import main
 from splatdreamer.config import GenerateConfig, save_json
-from splatdreamer.errors import RunFolderError
+from splatdreamer.errors import ConfigError
 from splatdreamer.generate import Generation, generate
 from splatdreamer.io.lock import LOCK
 from splatdreamer.io.ply import load_ply
@@ -301,7 +301,7 @@ def test_resume_refuses_flags_it_would_ignore_and_applies_more_steps(finished_ru
     assert "--prompt, --seed would be ignored" in capsys.readouterr().err
     assert main(["generate", "--preset", "toy", "--resume", str(run_dir)]) == 2
     assert "drop --preset / --config" in capsys.readouterr().err
-    with pytest.raises(Exception, match="--prompt would be ignored"):
+    with pytest.raises(ConfigError, match="--prompt would be ignored"):
         generate(GenerateConfig(resume=run_dir, prompt="a blue cube"))
     assert main(["generate", "--resume", str(run_dir), "--steps", "3"]) == 2
     assert "--steps 3 is fewer than the 4 steps the checkpoint has done" in capsys.readouterr().err
