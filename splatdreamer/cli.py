@@ -12,7 +12,7 @@ from typing import Literal
 
 import tyro
 
-from splatdreamer.config import GenerateConfig, load_json
+from splatdreamer.config import MAX_RESOLUTION, Bound, GenerateConfig, check_fields, load_json
 from splatdreamer.errors import ConfigError, SplatdreamerError
 from splatdreamer.presets import PRESETS
 
@@ -45,6 +45,10 @@ class RenderCommand:
     """Rasterizer."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render."""
+
+
+RENDER_BOUNDS = {"size": Bound(0, MAX_RESOLUTION, open_low=True), "frames": Bound(0, 3600, open_low=True),
+                 "background": Bound(0, 1)}  # fmt: skip
 
 
 @dataclass
@@ -90,6 +94,8 @@ def cmd_generate(args: list[str]) -> None:
         "--config FILE from a run's saved config.json. Flags given after it override it."
     )
     config = tyro.cli(GenerateConfig, args=rest, default=base, prog="splatdreamer generate", description=description)
+    if config.resume is not None and len(rest) < len(args):
+        raise ConfigError("--resume continues a run with its own config.json; drop --preset / --config")
     generate(config)
 
 
@@ -100,6 +106,7 @@ def cmd_render(args: list[str]) -> None:
     from splatdreamer.render import resolve_backend
 
     cmd = tyro.cli(RenderCommand, args=args, prog="splatdreamer render")
+    check_fields(cmd, RENDER_BOUNDS)  # before anything is read or written
     device = resolve_device(cmd.device)
     splats = load_ply(cmd.file, requires_grad=False).to(device)
     stem = cmd.out or cmd.file.with_suffix("")
@@ -113,6 +120,8 @@ def cmd_convert(args: list[str]) -> None:
     from splatdreamer.io.ply import load_ply
 
     cmd = tyro.cli(ConvertCommand, args=args, prog="splatdreamer convert")
+    if cmd.output.is_dir():
+        raise ConfigError(f"the output {cmd.output} is a folder; give a file name such as {cmd.output / 'out.splat'}")
     splats = load_ply(cmd.input, requires_grad=False)
     export(splats, cmd.output, format_from_path(cmd.output))
     print(f"wrote {cmd.output}")
@@ -161,9 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     except SplatdreamerError as e:
         print(f"splatdreamer: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        resume = "; a checkpoint was saved, continue with --resume RUN_DIR" if command is cmd_generate else ""
-        print(f"\nsplatdreamer: interrupted{resume}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # generate() says what was saved (a checkpoint, or none); a bare interrupt claims nothing.
+        note = f"; {e.args[0]}" if e.args else ""
+        print(f"\nsplatdreamer: interrupted{note}", file=sys.stderr)
         return 130
     return 0
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import re
 import types
 import typing
@@ -207,7 +209,7 @@ class GenerateConfig:
     particles: int = 1
     """VSD particles, each its own set of Gaussians (the paper uses 4 for diversity)."""
     seed: int = 0
-    """Seed of every random draw; a CPU run is reproducible bit for bit."""
+    """Seed of every random draw; a CPU run is reproducible bit for bit with the same number of threads."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = CUDA when available."""
     resume: Path | None = None
@@ -220,36 +222,19 @@ class GenerateConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def validate(self) -> None:
-        """Raise `ConfigError` on values no run could use."""
+        """Raise `ConfigError` on values no run could use: wrong types, NaN or infinite numbers, values out of
+        range (`check_fields` with `BOUNDS`), an empty prompt, an impossible timestep range or camera range."""
+        check_fields(self, BOUNDS)
         if not self.prompt.strip():
             raise ConfigError("the prompt is empty; give one, e.g. --prompt 'a red ball'")
-        positive = {
-            "steps": self.steps,
-            "particles": self.particles,
-            "vsd.views_per_particle": self.vsd.views_per_particle,
-            "splats.num_init": self.splats.num_init,
-            "prior.lora_rank": self.prior.lora_rank,
-            "prior.phi_steps": self.prior.phi_steps,
-            "strategy.refine_every": self.strategy.refine_every,
-            "strategy.cap_max": self.strategy.cap_max,
-            "output.turntable_frames": self.output.turntable_frames,
-            "output.preview_size": self.output.preview_size,
-        }
-        if self.splats.resolution is not None:
-            positive["splats.resolution"] = self.splats.resolution
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if not 0 <= self.vsd.t_min < self.vsd.t_max_annealed <= self.vsd.t_max < 1000:
             raise ConfigError(
                 "timesteps must satisfy 0 <= t_min < t_max_annealed <= t_max < 1000, got "
                 f"t_min={self.vsd.t_min}, t_max_annealed={self.vsd.t_max_annealed}, t_max={self.vsd.t_max}"
             )
-        if self.vsd.cfg_scale is not None and self.vsd.cfg_scale < 0:
-            raise ConfigError(f"--vsd.cfg-scale must be >= 0, got {self.vsd.cfg_scale}")
-        if not 0.0 <= self.prior.camera_dropout <= 1.0:
-            raise ConfigError(f"--prior.camera-dropout is a probability, got {self.prior.camera_dropout}")
         self.cameras.ranges()  # checks each range
+        if not self.output.formats:
+            raise ConfigError("--output.formats is empty; give at least one of ply, splat, ply_compressed")
 
 
 def prompt_slug(prompt: str) -> str:
@@ -263,33 +248,49 @@ def to_dict(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
-def from_dict(cls, data: dict):
-    """Inverse of `to_dict` for our config dataclasses; unknown keys are an error."""
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Inverse of `to_dict` for our config dataclasses; unknown keys are an error.
+
+    JSON forms become their Python types (lists -> tuples, strings -> paths); whether every value fits its
+    field is for `check_fields` to say.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_flag(prefix.rstrip('.')) if prefix else 'the config'} must be a JSON object "
+                          f"{{...}} of {cls.__name__} fields, got {data!r:.60}")  # fmt: skip
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} fields {sorted(unknown)} in the saved config")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value)
-    return cls(**kwargs)
+    return cls(**{name: _coerce(hints[name], value, prefix + name) for name, value in data.items()})
 
 
-def _coerce(hint, value):
+def _coerce(hint, value, name: str):
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value)
+        return from_dict(hint, value, name + ".")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(inner[0], value)
-    if origin is tuple:
+        return _coerce(inner[0], value, name)
+    if origin is tuple and isinstance(value, list):
         return tuple(value)
-    if hint is Path:
+    if hint is Path and isinstance(value, str):
         return Path(value)
     return value
+
+
+def changed_fields(config, base, prefix: str = "") -> list[str]:
+    """Dotted names of the fields in which two configs of the same dataclass differ (nested ones too)."""
+    names = []
+    for f in dataclasses.fields(config):
+        a, b = getattr(config, f.name), getattr(base, f.name)
+        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+            names += changed_fields(a, b, prefix + f.name + ".")
+        elif a != b:
+            names.append(prefix + f.name)
+    return names
 
 
 def save_json(config: GenerateConfig, path: Path) -> None:
@@ -305,4 +306,150 @@ def load_json(path: Path) -> GenerateConfig:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read the config {path}: {e}") from None
-    return from_dict(GenerateConfig, data)
+    try:
+        config = from_dict(GenerateConfig, data)
+        check_fields(config, BOUNDS)
+    except ConfigError as e:
+        raise ConfigError(f"the config {path}: {e}; correct it, or start from --preset NAME") from None
+    return config
+
+
+
+# ---------------------------------------------------------------- checking values
+# Every field is checked against its annotation, and every number must be finite (NaN passes any `<`
+# comparison; a NaN guidance scale zeroes every gradient). The walk goes by type, so fields added later are
+# checked too; ranges beyond that are named here.
+
+MAX_RESOLUTION = 4096  # px; a 4096^2 render of a few hundred thousand Gaussians already needs tens of GB
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An interval a number must lie in; None = unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False  # low itself is excluded
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        if self.high is None:
+            return "positive" if self.low == 0 and self.open_low else f">= {self.low}"
+        return f"in {'(' if self.open_low else '['}{self.low}, {self.high}]"
+
+
+POSITIVE, NON_NEGATIVE = Bound(0, open_low=True), Bound(0)
+BOUNDS: dict[str, Bound] = {
+    "steps": POSITIVE,
+    "particles": POSITIVE,
+    "seed": Bound(0, 2**63 - 2),  # torch seeds are 64-bit; the device generator takes seed + 1
+    "prior.lora_rank": POSITIVE,
+    "prior.phi_lr": NON_NEGATIVE,
+    "prior.phi_warmup_steps": NON_NEGATIVE,
+    "prior.phi_steps": POSITIVE,
+    "prior.camera_dropout": Bound(0, 1),
+    "prior.phi_cfg_scale": NON_NEGATIVE,
+    "vsd.cfg_scale": NON_NEGATIVE,
+    "vsd.anneal_step": NON_NEGATIVE,
+    "vsd.views_per_particle": POSITIVE,
+    "vsd.grad_clip": POSITIVE,
+    "splats.num_init": POSITIVE,
+    "splats.init_radius": POSITIVE,
+    "splats.init_opacity": Bound(0, 0.999, open_low=True),  # stored as a logit
+    "splats.init_scale": POSITIVE,
+    "splats.sh_degree": Bound(0, 3),  # the 3DGS .ply layout stops at degree 3
+    "splats.lr_means": POSITIVE,  # decayed on a log scale
+    "splats.lr_means_final": POSITIVE,
+    "splats.lr_scales": NON_NEGATIVE,
+    "splats.lr_quats": NON_NEGATIVE,
+    "splats.lr_opacities": NON_NEGATIVE,
+    "splats.lr_sh0": NON_NEGATIVE,
+    "splats.lr_shN": NON_NEGATIVE,
+    "splats.resolution": Bound(0, MAX_RESOLUTION, open_low=True),
+    "strategy.grow_grad2d": NON_NEGATIVE,
+    "strategy.grow_scale3d": NON_NEGATIVE,
+    "strategy.prune_opa": Bound(0, 1),
+    "strategy.prune_scale3d": POSITIVE,
+    "strategy.refine_start": NON_NEGATIVE,
+    "strategy.refine_stop": NON_NEGATIVE,
+    "strategy.refine_every": POSITIVE,
+    "strategy.opacity_reset_every": NON_NEGATIVE,
+    "strategy.cap_max": POSITIVE,
+    "strategy.mcmc_noise_lr": NON_NEGATIVE,
+    "output.preview_every": NON_NEGATIVE,
+    "output.checkpoint_every": NON_NEGATIVE,
+    "output.turntable_frames": Bound(0, 3600, open_low=True),
+    "output.preview_size": Bound(0, MAX_RESOLUTION, open_low=True),
+}  # fmt: skip
+
+
+def check_fields(config, bounds: dict[str, Bound] | None = None, prefix: str = "") -> None:
+    """Raise `ConfigError` naming the flag unless every field of the dataclass `config` (nested ones too)
+    holds a value of its annotated type, every number is finite, and the numbers named in `bounds`
+    (dotted names, e.g. "vsd.cfg_scale"; tuples element-wise) lie in their bounds."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        name, value = prefix + f.name, getattr(config, f.name)
+        _check_type(hints[f.name], value, name)
+        if dataclasses.is_dataclass(value):
+            check_fields(value, bounds, name + ".")
+        elif bounds and name in bounds and value is not None:
+            for v in value if isinstance(value, tuple) else (value,):
+                if v not in bounds[name]:
+                    raise ConfigError(f"{_flag(name)} must be {bounds[name].describe()}, got {value}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_type(hint, value, name: str) -> None:
+    """Raise `ConfigError` unless `value` fits the annotation `hint` (and numbers are finite)."""
+
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(f"{_flag(name)} must be {expected}, got {value!r:.80} ({type(value).__name__})")
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, hint):
+            raise wrong(f"a {hint.__name__}")
+    elif origin in (typing.Union, types.UnionType):
+        if value is not None or type(None) not in args:
+            inner = [a for a in args if a is not type(None)]
+            assert len(inner) == 1, f"{name}: only `X | None` unions are checked, not {hint}"
+            _check_type(inner[0], value, name)
+    elif origin is Literal:
+        if not isinstance(value, str) or value not in args:
+            raise wrong(f"one of {', '.join(map(repr, args))}")
+    elif origin is tuple:
+        if not isinstance(value, tuple):
+            raise wrong(f"a tuple ({', '.join(getattr(a, '__name__', str(a)) for a in args)})")
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        elif len(value) != len(args):
+            raise wrong(f"{len(args)} values")
+        for i, (a, v) in enumerate(zip(args, value)):
+            _check_type(a, v, f"{name}[{i}]")
+    elif hint is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("a whole number")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise wrong("a finite number")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise wrong("a string")
+    elif hint is Path:
+        if not isinstance(value, (str, os.PathLike)):
+            raise wrong("a path")
+    else:
+        raise AssertionError(f"{name}: no type check for {hint}; add one to config._check_type")

@@ -44,16 +44,27 @@ def toy_prior_status() -> str:
     return f"missing from {path}: reinstall splatdreamer, or train it with `splatdreamer toy train`"
 
 
-def hub_prior_status(repo_id: str = DEFAULT_PRIOR) -> str:
+def hub_prior_status(repo_id: str = DEFAULT_PRIOR, cache_dir: str | Path | None = None) -> str:
+    """Whether `repo_id` is complete in the local HF cache: model_index.json and every component's files
+    and weights, checked as a run would check them (`prior.loading.check`), without reading any weights."""
+    from splatdreamer.errors import PriorLoadError
+    from splatdreamer.prior.loading import WAYS_OUT, check
+
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        hit = try_to_load_from_cache(repo_id, "model_index.json")
+        hit = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=cache_dir)
     except Exception as e:  # any hub-client failure just means "not usable offline"
         return f"cannot check the HF cache ({type(e).__name__})"
-    if isinstance(hit, str):
-        return f"in the local HF cache ({Path(hit).parent})"
-    return "not in the local HF cache"
+    if not isinstance(hit, str):
+        return "not in the local HF cache"
+    snapshot = Path(hit).parent
+    try:
+        check(snapshot)
+    except PriorLoadError as e:
+        problem = str(e).replace(WAYS_OUT, "").strip().rstrip(".")
+        return f"incomplete in the local HF cache: {problem}; download it again (huggingface-cli download {repo_id})"
+    return f"in the local HF cache ({snapshot})"
 
 
 def doctor() -> None:
@@ -76,7 +87,7 @@ def doctor() -> None:
         print("next: splatdreamer generate --prompt 'a hamburger' (Stable Diffusion 2.1-base, 512 px, on the GPU)")
     else:
         print("next: splatdreamer generate --preset toy --prompt 'a red ball' (the embedded prior, a few minutes on this CPU)")
-    if "not in" in rows[-1][1]:
+    if not rows[-1][1].startswith("in the local"):
         print(
             f"      for Stable Diffusion, download {DEFAULT_PRIOR} on a machine with network access "
             "(huggingface-cli download ...) and pass its directory with --prior.name DIR"

@@ -23,3 +23,11 @@ class PriorLoadError(SplatdreamerError, OSError):
 
 class NonFiniteError(SplatdreamerError, FloatingPointError):
     """Gaussians or a loss became NaN or infinite during generation."""
+
+
+class RunFolderError(SplatdreamerError, OSError):
+    """A run folder cannot be used: it is a file, not writable, not a splatdreamer run, or in use."""
+
+
+class CheckpointError(SplatdreamerError, ValueError):
+    """A run's checkpoint is missing, damaged, hostile or from another configuration."""

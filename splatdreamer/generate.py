@@ -27,9 +27,24 @@ from tqdm.auto import tqdm
 from splatdreamer import cameras as cams
 from splatdreamer import vsd
 from splatdreamer.background import sample_background
-from splatdreamer.config import TOY_PRIOR, GenerateConfig, load_json, prompt_slug, save_json
-from splatdreamer.errors import BackendUnavailableError, ConfigError, NonFiniteError, SplatdreamerError
-from splatdreamer.io.atomic import atomic_save_torch, atomic_write
+from splatdreamer.config import (
+    TOY_PRIOR,
+    GenerateConfig,
+    changed_fields,
+    check_fields,
+    load_json,
+    prompt_slug,
+    save_json,
+)
+from splatdreamer.errors import (
+    BackendUnavailableError,
+    CheckpointError,
+    ConfigError,
+    NonFiniteError,
+    RunFolderError,
+)
+from splatdreamer.io.atomic import atomic_save_torch, atomic_write, remove_stale_temporaries
+from splatdreamer.io.lock import LOCK, RunLock
 from splatdreamer.io.export import export
 from splatdreamer.optimize import ParticleOptimizer
 from splatdreamer.preview import write_previews
@@ -88,27 +103,121 @@ def resolve_prior_name(name: str) -> str:
     return name
 
 
-def _prepare_run_dir(config: GenerateConfig) -> tuple[GenerateConfig, Path, bool]:
-    """Returns the config to run, its folder and whether a checkpoint is to be resumed."""
+# Flags a resumed run takes from the command line (or the given config); the rest comes from its config.json.
+RESUME_FLAGS = ("resume", "steps")
+
+
+@dataclass
+class _RunFolder:
+    """A run folder held by this process: what `_open_run_folder` found and made, to undo or finish."""
+
+    config: GenerateConfig  # the config to run (a resumed run's own, with the allowed flags applied)
+    run_dir: Path
+    lock: RunLock
+    created: list[Path]  # folders this call made, deepest first: removed again if the run does not start
+    replace: bool  # the folder holds an old run, deleted once the new one has started
+    notes: list[str]  # what was applied from the flags of a resumed run, to tell the user
+
+    def abandon(self) -> None:
+        """Undo what opening did, for a run that did not start: the lock and the folders this call made."""
+        self.lock.release()
+        for folder in self.created:
+            try:
+                folder.rmdir()  # only while empty: nothing of the user's is ever removed
+            except OSError:
+                break
+
+
+def _open_run_folder(config: GenerateConfig) -> _RunFolder:
+    """Check the config and the folder, then lock it; nothing is deleted or written but the lock (and the
+    folders leading to it). Raises `ConfigError` / `RunFolderError` naming the problem."""
     if config.resume is not None:
-        run_dir = Path(config.resume)
-        if not (run_dir / CONFIG).is_file():
-            raise ConfigError(f"--resume {run_dir}: no {CONFIG} there; give the folder of an earlier run")
-        saved = load_json(run_dir / CONFIG)
-        saved.resume = run_dir
-        return saved, run_dir, (run_dir / CHECKPOINT).is_file()
+        return _open_resumed(config)
+    config.validate()
     run_dir = Path(config.output.out_dir or Path("runs") / prompt_slug(config.prompt))
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not config.output.overwrite:
-            raise ConfigError(
-                f"the output folder {run_dir} already exists; pass --output.overwrite to replace it, "
-                f"--resume {run_dir} to continue it, or --output.out-dir to choose another"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunFolderError(f"the output folder {run_dir} is a file; choose a folder with --output.out-dir")
+        entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK) if run_dir.is_dir() else []
+    except RunFolderError:
+        raise
+    except OSError as e:
+        raise RunFolderError(f"cannot read the output folder {run_dir} ({e.strerror}); choose another with "
+                             "--output.out-dir") from None  # fmt: skip
+    if entries and not config.output.overwrite:
+        raise ConfigError(
+            f"the output folder {run_dir} already exists; pass --output.overwrite to replace it, "
+            f"--resume {run_dir} to continue it, or --output.out-dir to choose another"
+        )
+    if entries and CONFIG not in entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise RunFolderError(
+            f"{run_dir} is not a splatdreamer run (it has no {CONFIG}; it holds {shown}), and --output.overwrite "
+            "replaces only runs; nothing was deleted. Choose another folder with --output.out-dir"
+        )
+    created = _make_folders(run_dir)
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except BaseException:
+        _RunFolder(config, run_dir, lock, created, False, []).abandon()
+        raise
     saved = dataclasses.replace(config, output=dataclasses.replace(config.output, out_dir=run_dir, overwrite=False))
-    save_json(saved, run_dir / CONFIG)
-    return saved, run_dir, False
+    return _RunFolder(saved, run_dir, lock, created, replace=bool(entries), notes=[])
+
+
+def _open_resumed(config: GenerateConfig) -> _RunFolder:
+    check_fields(config)
+    run_dir = Path(config.resume)
+    ignored = [n for n in changed_fields(config, GenerateConfig(resume=config.resume)) if n not in RESUME_FLAGS]
+    if ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        raise ConfigError(
+            f"--resume continues a run with its own {CONFIG}, so {flags} would be ignored; drop them (only --steps "
+            f"may change, to lengthen the run), or start a new run from it with --config {run_dir / CONFIG} {flags}"
+        )
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"--resume {run_dir}: no {CONFIG} there; give the folder of an earlier run")
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        saved = load_json(run_dir / CONFIG)
+        notes = []
+        if config.steps != GenerateConfig().steps and config.steps != saved.steps:
+            notes.append(f"--steps {config.steps} applied to the resumed run (it had {saved.steps})")
+            saved.steps = config.steps
+        saved.resume = run_dir
+        saved.validate()
+    except BaseException:
+        lock.release()
+        raise
+    return _RunFolder(saved, run_dir, lock, created=[], replace=False, notes=notes)
+
+
+def _make_folders(run_dir: Path) -> list[Path]:
+    """mkdir -p, returning the folders made, deepest first."""
+    missing = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+    except OSError as e:
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise RunFolderError(f"cannot create the output folder {run_dir} ({e.strerror}); choose a folder you "
+                             "can write to with --output.out-dir") from None  # fmt: skip
+    return missing
+
+
+def _clear_run_folder(run_dir: Path) -> None:
+    """Delete an old run's files (the caller checked it is a run and holds its lock), keeping the lock."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 class Generation:
@@ -168,6 +277,7 @@ class Generation:
             self.phi_optimizer, lambda i: min(1.0, (i + 1) / warmup)  # official utils.py: linear warm-up
         )
         self.step = 0
+        self.checkpoint_step: int | None = None  # the step of the checkpoint in run_dir, if one was saved or loaded
 
     # ---------------------------------------------------------------- one step
     def train_step(self, timer: Timer = NO_TIMER) -> Progress:
@@ -278,6 +388,8 @@ class Generation:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
+        """Write the run's state; only what `torch.load(weights_only=True)` reads back (tensors, numbers,
+        strings, lists, dicts), so loading a checkpoint never runs code."""
         state = {
             "step": self.step,
             "particles": [opt.state_dict() for opt in self.optimizers],
@@ -287,21 +399,52 @@ class Generation:
             "rng_global": torch.get_rng_state(),
             "rng_cpu": self.gen_cpu.get_state(),
             "rng_dev": self.gen_dev.get_state(),
+            "num_threads": torch.get_num_threads(),  # CPU results are bit-exact only with the same count
         }
         atomic_save_torch(state, self.run_dir / CHECKPOINT)
+        self.checkpoint_step = self.step
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
-        self.step = state["step"]
-        for opt, data in zip(self.optimizers, state["particles"], strict=True):
-            opt.load_state_dict(data)
-        self.prior.load_phi_state_dict(state["phi"])
-        self.phi_optimizer.load_state_dict(state["phi_optimizer"])
-        self.phi_schedule.load_state_dict(state["phi_schedule"])
-        torch.set_rng_state(state["rng_global"].cpu())
-        self.gen_cpu.set_state(state["rng_cpu"].cpu())
-        self.gen_dev.set_state(state["rng_dev"])
-        _truncate_metrics(self.run_dir / METRICS, self.step)
+        """Restore the state `save_checkpoint` wrote; `CheckpointError` naming the file if it cannot."""
+        path = self.run_dir / CHECKPOINT
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # an untrusted file: empty, truncated, garbage, or a pickle of more than data
+            reason = ": ".join([type(e).__name__, *str(e).strip().splitlines()[:1]])[:160]
+            raise CheckpointError(
+                f"{path} is not a readable splatdreamer checkpoint ({reason}). Nothing in it was run. Delete it "
+                f"to start the run again from step 0 (--resume {self.run_dir}), or start a new run"
+            ) from None
+        try:
+            if not isinstance(state, dict) or not isinstance(state["step"], int) or state["step"] < 0:
+                raise ValueError("no step count")
+            self.step = state["step"]
+            for opt, data in zip(self.optimizers, state["particles"], strict=True):
+                opt.load_state_dict(data)
+            self.prior.load_phi_state_dict(state["phi"])
+            self.phi_optimizer.load_state_dict(state["phi_optimizer"])
+            self.phi_schedule.load_state_dict(state["phi_schedule"])
+            torch.set_rng_state(state["rng_global"].cpu())
+            self.gen_cpu.set_state(state["rng_cpu"].cpu())
+            self.gen_dev.set_state(state["rng_dev"])
+            threads = state.get("num_threads", torch.get_num_threads())
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(
+                f"{path} does not fit this run ({type(e).__name__}: {str(e)[:200]}): it is damaged, or comes from "
+                f"another configuration. Delete it to start the run again from step 0 (--resume {self.run_dir})"
+            ) from None
+        self.checkpoint_step = self.step
+        if self.device.type == "cpu" and threads != torch.get_num_threads():
+            print(f"splatdreamer: note: the run used {threads} CPU threads and this process uses "
+                  f"{torch.get_num_threads()}; the result will differ in the last bits from an uninterrupted run "
+                  f"(set OMP_NUM_THREADS={threads} to match it)")  # fmt: skip
+
+    def saved_state(self) -> str:
+        """What the run can be continued from, for the message of a stop."""
+        if self.checkpoint_step is None:
+            return f"no checkpoint was saved yet; --resume {self.run_dir} starts the run again from step 0"
+        return (f"the checkpoint of step {self.checkpoint_step} in {self.run_dir} is intact; "
+                f"continue with --resume {self.run_dir}")  # fmt: skip
 
     # ---------------------------------------------------------------- outputs
     def write_preview(self) -> None:
@@ -345,10 +488,17 @@ def _initial_color(mode: str, generator: torch.Generator) -> tuple[float, float,
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines of steps after the checkpoint (they will be run again)."""
+    """Drop metric lines of steps after `step` (they will be run again), and any line a kill cut short."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+
+    def step_of(line: str) -> float:
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            return float("inf")
+
+    lines = [line for line in path.read_text().splitlines() if line and step_of(line) <= step]
     with atomic_write(path, "w") as f:
         f.write("".join(line + "\n" for line in lines))
 
@@ -378,20 +528,53 @@ def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None
     """Run a generation (or continue one, with `config.resume`) and write its files.
 
     Returns the particles and the paths of everything written. `callback` is called after every step
-    with a `Progress`. Ctrl-C saves a checkpoint before re-raising, so `--resume` can continue the run.
+    with a `Progress`. Ctrl-C saves a checkpoint before re-raising, so `--resume` can continue the run;
+    the KeyboardInterrupt's message says what was saved.
+
+    Everything is checked and loaded (config, folder, device, prior) before any file is written. The run
+    folder is locked for the whole run (`io.lock`). With `output.overwrite`, an old run in the folder is
+    deleted only once the new run has started, and only if it is a splatdreamer run (it has config.json).
     """
-    if config.resume is None:
-        config.validate()
-    config, run_dir, has_checkpoint = _prepare_run_dir(config)
-    config.validate()
+    folder = _open_run_folder(config)
+    try:
+        return _run(folder, callback)
+    finally:
+        folder.lock.release()
+
+
+def _start(folder: _RunFolder) -> Generation:
+    """Build the run (device, prior, particles; a resumed run's checkpoint), then take over the folder."""
+    config, run_dir = folder.config, folder.run_dir
     try:
         run = Generation(config, run_dir)
-    except SplatdreamerError:
-        if config.resume is None:
-            shutil.rmtree(run_dir)  # a run that could not start leaves no folder behind
+        if config.resume is not None and (run_dir / CHECKPOINT).is_file():
+            run.load_checkpoint()
+            if config.steps < run.step:
+                raise ConfigError(f"--steps {config.steps} is fewer than the {run.step} steps the checkpoint has "
+                                  f"done; give at least {run.step}")  # fmt: skip
+    except KeyboardInterrupt:
+        folder.abandon()
+        what = "nothing was written" if config.resume is None else f"the run in {run_dir} is unchanged"
+        raise KeyboardInterrupt(f"before the run started; {what}") from None
+    except BaseException:
+        folder.abandon()
         raise
-    if has_checkpoint:
-        run.load_checkpoint()
+    # The new run has started: from here on the folder is its own.
+    if folder.replace:
+        _clear_run_folder(run_dir)
+    remove_stale_temporaries(run_dir)  # of writes cut short by a kill; no one else writes here (the lock)
+    if config.resume is None or folder.notes:
+        save_json(dataclasses.replace(config, resume=None), run_dir / CONFIG)
+    if config.resume is not None:
+        _truncate_metrics(run_dir / METRICS, run.step)
+        for note in folder.notes:
+            print(f"splatdreamer: {note}")
+    return run
+
+
+def _run(folder: _RunFolder, callback: Callable[[Progress], None] | None) -> Result:
+    config, run_dir = folder.config, folder.run_dir
+    run = _start(folder)
     out = config.output
     start = time.perf_counter()
     bar = tqdm(total=config.steps, initial=run.step, desc="splatdreamer", unit="step", dynamic_ncols=True)
@@ -421,15 +604,18 @@ def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None
     except KeyboardInterrupt:
         bar.close()
         # Only a state between two steps resumes exactly; otherwise the last periodic checkpoint stays.
-        if at_step_boundary:
-            run.save_checkpoint()
-        raise
+        if at_step_boundary and run.checkpoint_step != run.step:
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C while saving keeps the old one
+                run.save_checkpoint()
+        if run.checkpoint_step == run.step:
+            raise KeyboardInterrupt(f"a checkpoint of step {run.step} was saved; continue with --resume {run_dir}")
+        raise KeyboardInterrupt(run.saved_state()) from None
     except NonFiniteError as e:
         bar.close()
         if run.particles_are_finite():
             run.save_checkpoint()  # the loss went bad before any Gaussian was touched
             raise NonFiniteError(f"{e} (checkpoint of step {run.step} saved in {run_dir})") from None
-        raise NonFiniteError(f"{e} (the last periodic checkpoint in {run_dir} is intact)") from None
+        raise NonFiniteError(f"{e} ({run.saved_state()})") from None
     bar.close()
     run.save_checkpoint()
     result = run.write_results()

@@ -40,9 +40,10 @@ def write_previews(
 ) -> tuple[Path, Path]:
     """Write `<stem>.png` (the 12 evaluation views as a sheet) and `<stem>.gif` (a turntable).
 
+    The suffixes are appended, so stems with dots ("scene.v1", "scene.v2") keep their own files.
     Returns the two paths.
     """
-    sheet_path, gif_path = stem.with_suffix(".png"), stem.with_suffix(".gif")
+    sheet_path, gif_path = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".gif")
     sheet = render_views(splats, cams.evaluation_views(size, size), background, backend)
     save_png(contact_sheet(sheet, columns=4), sheet_path)
     turn = render_views(splats, cams.turntable(frames, size, size), background, backend)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +48,47 @@ def test_render_of_a_broken_file_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "broken.png").exists() and not (tmp_path / "broken.gif").exists()
 
 
+def test_render_keeps_dotted_names_apart(red_ball, tmp_path, capsys):
+    for version in ("v1", "v2"):
+        (tmp_path / f"scene.{version}.ply").write_bytes(red_ball.read_bytes())
+        args = ["render", str(tmp_path / f"scene.{version}.ply"), "--size", "8", "--frames", "1", "--device", "cpu"]
+        assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.glob("scene*.png")) == ["scene.v1.png", "scene.v2.png"]
+    assert sorted(p.name for p in tmp_path.glob("scene*.gif")) == ["scene.v1.gif", "scene.v2.gif"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--frames", "0"], "--frames must be in (0, 3600], got 0"),
+        (["--frames", "-1"], "--frames must be in (0, 3600], got -1"),
+        (["--size", "0"], "--size must be in (0, 4096], got 0"),
+        (["--size", "100000"], "--size must be in (0, 4096], got 100000"),
+        (["--background", "1", "nan", "1"], "--background[1] must be a finite number, got nan"),
+        (["--background", "2", "0", "0"], "--background must be in [0, 1], got (2.0, 0.0, 0.0)"),
+    ],
+)
+def test_render_refuses_bad_settings_before_writing_anything(red_ball, tmp_path, capsys, flags, message):
+    assert main(["render", str(red_ball), "--out", str(tmp_path / "x"), "--device", "cpu", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_render_and_convert_of_a_fifo_fail_at_once(tmp_path, capsys):
+    fifo = tmp_path / "scene.ply"
+    os.mkfifo(fifo)
+    codes = []
+    worker = threading.Thread(target=lambda: codes.extend([main(["render", str(fifo), "--device", "cpu"]),
+                                                           main(["convert", str(fifo), str(tmp_path / "x.splat")])]),
+                              daemon=True)  # fmt: skip
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():  # unblock it before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert codes == [2, 2]
+    assert capsys.readouterr().err.count("it is a FIFO; give a .ply file") == 2
+
+
 def test_convert_to_splat_keeps_the_gaussians(red_ball, tmp_path, capsys):
     out = tmp_path / "ball.splat"
     assert main(["convert", str(red_ball), str(out)]) == 0
@@ -79,3 +123,25 @@ def test_doctor_reports_this_machine_and_the_next_step(capsys):
     if not torch.cuda.is_available():
         assert "no CUDA device" in out
         assert "next: splatdreamer generate --preset toy --prompt 'a red ball'" in out
+
+
+def test_doctor_finds_a_half_downloaded_stable_diffusion(tmp_path):
+    """The HF cache layout (refs/main -> snapshots/<rev>/) with a complete tiny SD, then without the UNet's weights."""
+    from splatdreamer.doctor import hub_prior_status
+    from tiny_models import build_tiny_sd
+
+    repo = tmp_path / "models--owner--sd"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abc")
+    snapshot = build_tiny_sd(repo / "snapshots" / "0123abc", sample_size=16)
+    assert hub_prior_status("owner/sd", cache_dir=tmp_path) == f"in the local HF cache ({snapshot})"
+    (snapshot / "unet" / "diffusion_pytorch_model.safetensors").unlink()  # its download never finished
+    status = hub_prior_status("owner/sd", cache_dir=tmp_path)
+    assert status.startswith("incomplete in the local HF cache:") and "unet/ has no weights" in status
+    assert status.endswith("download it again (huggingface-cli download owner/sd)")
+    assert hub_prior_status("owner/other", cache_dir=tmp_path) == "not in the local HF cache"
+
+
+def test_convert_refuses_a_folder_as_its_output(red_ball, tmp_path, capsys):
+    assert main(["convert", str(red_ball), str(tmp_path)]) == 2
+    assert f"the output {tmp_path} is a folder" in capsys.readouterr().err

@@ -1,10 +1,12 @@
 import dataclasses
+import json
+import typing
 from pathlib import Path
 
 import pytest
 
-from splatdreamer.cli import _split_preset
-from splatdreamer.config import GenerateConfig, load_json, prompt_slug, save_json
+from splatdreamer.cli import _split_preset, main
+from splatdreamer.config import GenerateConfig, changed_fields, load_json, prompt_slug, save_json
 from splatdreamer.errors import ConfigError
 from splatdreamer.presets import PRESETS
 
@@ -26,7 +28,7 @@ def test_validate_rejects_bad_top_level_values(change, match):
 def test_validate_rejects_bad_nested_values():
     config = GenerateConfig(prompt="a red ball")
     config.splats.resolution = 0
-    with pytest.raises(ConfigError, match="--splats.resolution must be positive"):
+    with pytest.raises(ConfigError, match=r"--splats.resolution must be in \(0, 4096\], got 0"):
         config.validate()
     config = GenerateConfig(prompt="a red ball")
     config.vsd.t_max_annealed = 990
@@ -69,3 +71,135 @@ def test_preset_flag_is_taken_out_of_the_arguments():
 def test_prompt_slug():
     assert prompt_slug("A red ball!") == "a_red_ball"
     assert prompt_slug("???") == "run"
+
+
+def _number_fields(cls=GenerateConfig, prefix=""):
+    """Dotted names of every float setting (plain, optional or in a tuple), found by type as the check finds them."""
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _number_fields(hint, prefix + f.name + ".")
+        elif float in (hint, *typing.get_args(hint)):
+            yield prefix + f.name
+
+
+def _set(config, dotted, value):
+    *parents, name = dotted.split(".")
+    for p in parents:
+        config = getattr(config, p)
+    old = getattr(config, name)
+    setattr(config, name, tuple(value for _ in old) if isinstance(old, tuple) else value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_setting_must_be_finite(value):
+    names = list(_number_fields())
+    assert "vsd.cfg_scale" in names and "splats.lr_means" in names and "cameras.radius" in names
+    for name in names:
+        config = GenerateConfig(prompt="a red ball")
+        _set(config, name, value)
+        flag = "--" + name.replace("_", "-")
+        with pytest.raises(ConfigError, match=rf"^{flag}(\[0\])? must be a finite number, got {value}"):
+            config.validate()
+
+
+@pytest.mark.parametrize(
+    "name, value, match",
+    [
+        ("steps", "10", r"--steps must be a whole number, got '10' \(str\)"),
+        ("particles", 2.5, r"--particles must be a whole number, got 2.5"),
+        ("prompt", None, r"--prompt must be a string, got None"),
+        ("seed", 10**23, r"--seed must be in \[0, 9223372036854775806\], got 100000000000000000000000"),
+        ("seed", -1, r"--seed must be in \[0, 9223372036854775806\], got -1"),
+        ("device", "gpu", r"--device must be one of 'auto', 'cpu', 'cuda', got 'gpu'"),
+        ("vsd.cfg_scale", "7.5", r"--vsd.cfg-scale must be a number, got '7.5'"),
+        ("vsd.view_dependent_prompts", 1, r"--vsd.view-dependent-prompts must be true or false, got 1"),
+        ("splats.resolution", 100000, r"--splats.resolution must be in \(0, 4096\], got 100000"),
+        ("splats.sh_degree", 4, r"--splats.sh-degree must be in \[0, 3\], got 4"),
+        ("splats.init_opacity", 1.0, r"--splats.init-opacity must be in \(0, 0.999\], got 1.0"),
+        ("splats.lr_means", 0.0, r"--splats.lr-means must be positive, got 0.0"),
+        ("cameras.radius", (1.0,), r"--cameras.radius must be 2 values, got \(1.0,\)"),
+        ("cameras.background", "pink", r"--cameras.background must be one of 'white', 'black', 'random', 'white_bl"),
+        ("output.formats", "ply", r"--output.formats must be a tuple"),
+        ("output.formats", ("ply", "obj"), r"--output.formats\[1\] must be one of 'ply', 'splat', 'ply_compressed'"),
+        ("output.formats", (), r"--output.formats is empty"),
+        ("output.out_dir", 3, r"--output.out-dir must be a path, got 3"),
+        ("output.checkpoint_every", -1, r"--output.checkpoint-every must be >= 0, got -1"),
+        ("output.preview_every", -1, r"--output.preview-every must be >= 0, got -1"),
+        ("output.preview_size", 10**6, r"--output.preview-size must be in \(0, 4096\], got 1000000"),
+        ("prior", {"name": "toy"}, r"--prior must be a PriorConfig, got \{'name': 'toy'\}"),
+    ],
+)
+def test_bad_values_from_python_are_config_errors(name, value, match):
+    config = GenerateConfig(prompt="a red ball")
+    *parents, leaf = name.split(".")
+    target = config
+    for p in parents:
+        target = getattr(target, p)
+    setattr(target, leaf, value)
+    with pytest.raises(ConfigError, match=match):
+        config.validate()
+
+
+def test_a_path_may_be_given_as_a_string():
+    config = GenerateConfig(prompt="a red ball")
+    config.output.out_dir = "runs/x"
+    config.validate()
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d.update(steps="300"), r"--steps must be a whole number, got '300'"),
+        (lambda d: d.update(steps=3.5), r"--steps must be a whole number, got 3.5"),
+        (lambda d: d.update(steps=None), r"--steps must be a whole number, got None"),
+        (lambda d: d.update(seed=1e23), r"--seed must be a whole number, got 1e\+23"),
+        (lambda d: d.update(prompt=["a", "ball"]), r"--prompt must be a string"),
+        (lambda d: d.update(particles=True), r"--particles must be a whole number, got True"),
+        (lambda d: d.update(device=0), r"--device must be one of 'auto', 'cpu', 'cuda', got 0"),
+        (lambda d: d.update(prior="toy"), r"--prior must be a JSON object"),
+        (lambda d: d["vsd"].update(cfg_scale="high"), r"--vsd.cfg-scale must be a number, got 'high'"),
+        (lambda d: d["vsd"].update(cfg_scale=float("nan")), r"--vsd.cfg-scale must be a finite number, got nan"),
+        (lambda d: d["vsd"].update(grad_clip=[1]), r"--vsd.grad-clip must be a number"),
+        (lambda d: d["splats"].update(packed="no"), r"--splats.packed must be true or false, got 'no'"),
+        (lambda d: d["cameras"].update(radius=2.0), r"--cameras.radius must be a tuple"),
+        (lambda d: d["cameras"].update(fovy=[40, "wide"]), r"--cameras.fovy\[1\] must be a number, got 'wide'"),
+        (lambda d: d["output"].update(out_dir=5), r"--output.out-dir must be a path, got 5"),
+        (lambda d: d["output"].update(formats=[["ply"]]), r"--output.formats\[0\] must be one of"),
+    ],
+)
+def test_a_type_edited_config_json_is_one_clear_error(tmp_path: Path, edit, match):
+    config = PRESETS["toy"]()
+    config.prompt = "a red ball"
+    save_json(config, tmp_path / "config.json")
+    data = json.loads((tmp_path / "config.json").read_text())
+    edit(data)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=rf"^the config {tmp_path / 'config.json'}: {match}.*correct it"):
+        load_json(tmp_path / "config.json")
+
+
+def test_a_type_edited_config_json_exits_2_through_the_cli(tmp_path: Path, capsys):
+    (tmp_path / "config.json").write_text('{"prompt": "a red ball", "steps": "many"}')
+    assert main(["generate", "--config", str(tmp_path / "config.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("splatdreamer: error: the config") and "--steps must be a whole number" in err
+
+
+def test_nan_from_the_command_line_is_refused(tmp_path: Path, capsys):
+    args = ["generate", "--prompt", "a", "--output.out-dir", str(tmp_path / "run")]
+    assert main([*args, "--vsd.cfg-scale", "nan"]) == 2
+    assert "--vsd.cfg-scale must be a finite number, got nan" in capsys.readouterr().err
+    assert main([*args, "--splats.init-radius", "inf"]) == 2
+    assert "--splats.init-radius must be a finite number, got inf" in capsys.readouterr().err
+    assert main([*args, "--seed", "100000000000000000000000"]) == 2
+    assert "--seed must be in [0, 9223372036854775806]" in capsys.readouterr().err
+    assert main([*args, "--output.checkpoint-every", "-1"]) == 2
+    assert "--output.checkpoint-every must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_changed_fields_names_nested_fields():
+    a, b = GenerateConfig(), GenerateConfig(steps=5)
+    b.vsd.cfg_scale = 100.0
+    assert changed_fields(b, a) == ["steps", "vsd.cfg_scale"]

@@ -1,13 +1,20 @@
 """The whole loop on a tiny random prior: files, densification, resume, and bad input."""
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from splatdreamer.cli import main
-from splatdreamer.config import GenerateConfig
-from splatdreamer.generate import generate
+from splatdreamer.config import GenerateConfig, save_json
+from splatdreamer.errors import ConfigError
+from splatdreamer.generate import Generation, generate
+from splatdreamer.io.lock import LOCK
 from splatdreamer.io.ply import load_ply
 from splatdreamer.splats import random_ball
 from tiny_models import build_tiny_sd
@@ -108,7 +115,7 @@ def test_nan_loss_stops_with_a_checkpoint_and_no_ply(tiny_prior, tmp_path, monke
     with pytest.raises(NonFiniteError, match=r"VSD loss became nan at step 4.*checkpoint of step 4 saved"):
         generate(tiny_config(tiny_prior, run_dir))
     assert not list(run_dir.glob("*.ply"))
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 4
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     monkeypatch.setattr(DiffusionPrior, "encode_images", encode)
     resumed = generate(GenerateConfig(resume=run_dir))
@@ -125,22 +132,22 @@ def test_nan_in_gaussians_stops_naming_them_and_keeps_the_last_checkpoint(tiny_p
 
     run_particles = []
     config = tiny_config(tiny_prior, tmp_path / "run")
-    from splatdreamer import generate as generate_module
+    from splatdreamer.generate import Generation
 
-    init = generate_module.Generation.__init__
+    init = Generation.__init__
 
     def remember(self, *args, **kwargs):
         init(self, *args, **kwargs)
         run_particles.extend(self.particles)
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(generate_module.Generation, "__init__", remember)
-        message = r"particle 1 at step 7: \d+ Gaussians have a NaN or Inf in '\w+'.*checkpoint in .* is intact"
+        m.setattr(Generation, "__init__", remember)
+        message = r"particle 1 at step 7: \d+ Gaussians have a NaN or Inf in '\w+'.*checkpoint of step 6 in .* is intact"
         with pytest.raises(NonFiniteError, match=message):
             generate(config, callback=break_particle_one)
     run_dir = tmp_path / "run"
     assert not list(run_dir.glob("*.ply"))
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 6
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 6
 
 
 # ------------------------------------------------------------------------------ the loop's scales and counts
@@ -150,9 +157,9 @@ def _capturing_run(tiny_prior, tmp_path, monkeypatch, particles, **changes):
     """A Generation whose renders and score gradients are recorded at every step."""
     import dataclasses
 
-    from splatdreamer import generate as gen_module
     from splatdreamer import vsd
-    from splatdreamer.generate import Generation
+
+    gen_module = sys.modules["splatdreamer.generate"]  # the package attribute `generate` is the function
 
     config = tiny_config(tiny_prior, tmp_path, steps=50, particles=particles)
     for section, values in changes.items():
@@ -255,3 +262,272 @@ def test_random_initial_colours_differ_per_particle_and_grey_stays_grey(tiny_pri
     colors = [sh0_to_rgb(p["sh0"].detach()[:, 0]).mean(0) for p in Generation(config, tmp_path / "b").particles]
     assert all(((c > 0.18) & (c < 0.82)).all() for c in colors)
     assert min(torch.dist(a, b) for i, a in enumerate(colors) for b in colors[i + 1 :]) > 0.05
+
+
+
+
+# ---------------------------------------------------------------- the run folder, the lock, checkpoints, resume
+
+
+def files_of(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def small_config(prior_dir, out_dir, steps=4):
+    c = tiny_config(prior_dir, out_dir, steps=steps, particles=1)
+    c.output.preview_every = 0
+    c.output.checkpoint_every = 2
+    c.output.preview_size = 8
+    c.output.turntable_frames = 1
+    return c
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_prior, tmp_path_factory):
+    """A finished 4-step run; tests copy it."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    generate(small_config(tiny_prior, run_dir))
+    return run_dir
+
+
+def copy_run(finished_run, tmp_path):
+    return shutil.copytree(finished_run, tmp_path / "run")
+
+
+def metric_steps(run_dir):
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_overwrite_with_a_bad_prior_keeps_the_old_run(finished_run, tmp_path, capsys):
+    run_dir = copy_run(finished_run, tmp_path)
+    before = files_of(run_dir)
+    args = ["generate", "--prompt", "a", "--output.out-dir", str(run_dir), "--output.overwrite"]
+    assert main([*args, "--prior.name", str(tmp_path / "typo")]) == 2
+    assert "--prior.name toy" in capsys.readouterr().err
+    assert files_of(run_dir) == before
+    if not torch.cuda.is_available():
+        assert main([*args, "--device", "cuda"]) == 2
+        assert "no usable CUDA" in capsys.readouterr().err
+        assert files_of(run_dir) == before
+
+
+def test_overwrite_replaces_a_run_once_the_new_one_has_started(tiny_prior, finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    (run_dir / "previews").mkdir(exist_ok=True)
+    (run_dir / "previews" / "step_000100.png").write_bytes(b"old")
+    config = small_config(tiny_prior, run_dir, steps=2)
+    config.output.overwrite = True
+    seen = []
+    generate(config, callback=lambda p: seen.append(sorted(q.name for q in run_dir.iterdir())))
+    assert seen[0] == [LOCK, "config.json", "metrics.jsonl"]  # the old run was gone when the first step ended
+    assert metric_steps(run_dir) == [1, 2]
+    assert not (run_dir / "previews").exists() and not (run_dir / LOCK).exists()
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tiny_prior, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    for extra in ([], ["--device", "cuda"]):
+        args = ["generate", "--prompt", "a", "--output.out-dir", str(mine), "--output.overwrite", *extra]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "is not a splatdreamer run (it has no config.json; it holds thesis.tex)" in err
+        assert "nothing was deleted" in err
+        assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_run_that_cannot_start_leaves_the_users_empty_folder(tmp_path, capsys):
+    empty = tmp_path / "made_by_me"
+    empty.mkdir()
+    bad_prior = ["--prior.name", str(tmp_path / "no")]
+    assert main(["generate", "--prompt", "a", "--output.out-dir", str(empty), *bad_prior]) == 2
+    assert empty.is_dir() and list(empty.iterdir()) == []
+    deep = tmp_path / "new" / "deeper"
+    assert main(["generate", "--prompt", "a", "--output.out-dir", str(deep), *bad_prior]) == 2
+    assert not (tmp_path / "new").exists()  # what the run made, it removed
+
+
+def test_an_output_path_that_is_a_file_or_cannot_be_written_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["generate", "--prompt", "a", "--output.out-dir", str(tmp_path / "file")]) == 2
+    assert f"the output folder {tmp_path / 'file'} is a file" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "a", "--output.out-dir", str(tmp_path / "file" / "run")]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "a", "--output.out-dir", "/proc/1/run"]) == 2  # not writable, even by root
+    assert "cannot create the output folder /proc/1/run" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_folder_in_use_is_refused_and_a_stale_lock_is_not(tiny_prior, finished_run, tmp_path, capsys):
+    run_dir = copy_run(finished_run, tmp_path)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / LOCK).write_text(f"{child.pid} {socket.gethostname()} -\n")
+        before = files_of(run_dir)
+        save_json(small_config(tiny_prior, run_dir), tmp_path / "again.json")
+        assert main(["generate", "--config", str(tmp_path / "again.json"), "--output.overwrite"]) == 2
+        assert f"in use by another splatdreamer run (pid {child.pid})" in capsys.readouterr().err
+        assert main(["generate", "--resume", str(run_dir), "--steps", "6"]) == 2
+        assert f"in use by another splatdreamer run (pid {child.pid})" in capsys.readouterr().err
+        assert files_of(run_dir) == before
+    finally:
+        child.kill()
+        child.wait()
+    assert main(["generate", "--resume", str(run_dir), "--steps", "6"]) == 0  # its process is gone: stale
+    assert metric_steps(run_dir) == [1, 2, 3, 4, 5, 6] and not (run_dir / LOCK).exists()
+
+
+HOSTILE_MARKER = "pwned"
+
+
+class Hostile:
+    def __reduce__(self):
+        return (os.system, (f"touch {HOSTILE_MARKER}",))
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "hostile", "foreign"])
+def test_a_bad_checkpoint_exits_2_naming_it_and_runs_nothing(finished_run, tmp_path, capsys, monkeypatch, damage):
+    run_dir = copy_run(finished_run, tmp_path)
+    path = run_dir / "checkpoint.pt"
+    good = path.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "garbage":
+        path.write_bytes(bytes(range(256)) * 10)
+    elif damage == "hostile":
+        torch.save({"step": Hostile()}, path)
+    else:
+        torch.save({"step": 2, "particles": []}, path)  # loadable, but not this run's
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"splatdreamer: error: {path}" in err and "Traceback" not in err
+    assert "Delete it to start the run again from step 0" in err
+    assert not (tmp_path / HOSTILE_MARKER).exists()
+    assert not (run_dir / LOCK).exists()
+
+
+def test_resume_refuses_flags_it_would_ignore_and_applies_more_steps(finished_run, tmp_path, capsys):
+    run_dir = copy_run(finished_run, tmp_path)
+    before = files_of(run_dir)
+    assert main(["generate", "--resume", str(run_dir), "--steps", "6", "--prompt", "a blue cube", "--seed", "5"]) == 2
+    assert "--prompt, --seed would be ignored" in capsys.readouterr().err
+    assert main(["generate", "--preset", "toy", "--resume", str(run_dir)]) == 2
+    assert "drop --preset / --config" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--prompt would be ignored"):
+        generate(GenerateConfig(resume=run_dir, prompt="a blue cube"))
+    assert main(["generate", "--resume", str(run_dir), "--steps", "3"]) == 2
+    assert "--steps 3 is fewer than the 4 steps the checkpoint has done" in capsys.readouterr().err
+    assert files_of(run_dir) == before
+    assert main(["generate", "--resume", str(run_dir), "--steps", "6"]) == 0
+    assert "--steps 6 applied to the resumed run (it had 4)" in capsys.readouterr().out
+    assert metric_steps(run_dir) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run_dir / "config.json").read_text())["steps"] == 6
+
+
+def test_nan_before_any_checkpoint_says_so(tiny_prior, tmp_path):
+    from splatdreamer.errors import NonFiniteError
+
+    run_particles = []
+    init = Generation.__init__
+
+    def remember(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        run_particles.extend(self.particles)
+
+    def break_it(p):
+        with torch.no_grad():
+            run_particles[0]["means"][0] = float("nan")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Generation, "__init__", remember)
+        with pytest.raises(NonFiniteError, match=r"no checkpoint was saved yet; --resume .* starts the run again"):
+            generate(small_config(tiny_prior, tmp_path / "run"), callback=break_it)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def interrupt_step(monkeypatch, at_call):
+    """Ctrl-C in the middle of a step (a second Ctrl-C does this) on the `at_call`-th step of this process."""
+    step, calls = Generation.train_step, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Generation, "train_step", interrupted)
+
+
+def test_interrupts_say_what_was_saved(tiny_prior, tmp_path, capsys, monkeypatch):
+    save_json(small_config(tiny_prior, tmp_path / "run"), tmp_path / "c.json")
+
+    def fail_init(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Generation, "__init__", fail_init)
+        assert main(["generate", "--config", str(tmp_path / "c.json")]) == 130
+    assert "interrupted; before the run started; nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+    with monkeypatch.context() as m:
+        interrupt_step(m, at_call=2)  # within step 2, before the first checkpoint (step 2)
+        assert main(["generate", "--config", str(tmp_path / "c.json")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; no checkpoint was saved yet" in err and "checkpoint was saved;" not in err
+    assert metric_steps(tmp_path / "run") == [1] and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+    with monkeypatch.context() as m:  # resumed without a checkpoint: from step 0, metrics not doubled
+        interrupt_step(m, at_call=4)  # within step 4, after the checkpoint of step 2
+        assert main(["generate", "--resume", str(tmp_path / "run")]) == 130
+    assert f"interrupted; the checkpoint of step 2 in {tmp_path / 'run'} is intact" in capsys.readouterr().err
+    assert metric_steps(tmp_path / "run") == [1, 2, 3]
+
+    (tmp_path / "run" / ".checkpoint.pt.0badc0de.tmp").write_bytes(b"x" * 1000)  # a kill during a save
+    assert main(["generate", "--resume", str(tmp_path / "run")]) == 0
+    assert metric_steps(tmp_path / "run") == [1, 2, 3, 4]
+    assert not list((tmp_path / "run").glob(".*.tmp")) and not (tmp_path / "run" / LOCK).exists()
+
+
+def test_interrupt_at_a_step_boundary_saves_a_checkpoint(tiny_prior, tmp_path):
+    def stop(p):
+        if p.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt, match=r"a checkpoint of step 3 was saved; continue with --resume"):
+        generate(small_config(tiny_prior, tmp_path / "run"), callback=stop)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+REPRODUCE = """
+import hashlib, sys, torch
+from pathlib import Path
+from test_generate import GenerateConfig, build_tiny_sd, generate, small_config
+torch.set_num_threads(2)
+prior = build_tiny_sd(Path(sys.argv[1]) / "prior", sample_size=16)
+for name in ("a", "b"):
+    result = generate(small_config(prior, Path(sys.argv[1]) / name, steps=2))
+    particle = result.particles[0]
+    digest = hashlib.sha256(b"".join(particle[k].detach().numpy().tobytes() for k in sorted(particle)))
+    print("RESULT", torch.get_num_threads(), digest.hexdigest())
+torch.set_num_threads(1)
+generate(GenerateConfig(resume=Path(sys.argv[1]) / "a", steps=3))
+"""
+
+
+def test_cpu_run_is_reproducible_with_the_same_thread_count(tmp_path):
+    """The claim of `--seed`: bit for bit with the same number of threads (here 2, in a fresh process; sums
+    that threads split differently round differently, so 1 and 2 threads need not agree, and a resume
+    with another thread count says so)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE",  # no spinning
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", REPRODUCE, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(results) == 2 and results[0][0] == "2" and results[0] == results[1], results
+    assert "the run used 2 CPU threads and this process uses 1; the result will differ" in done.stdout

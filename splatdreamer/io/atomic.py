@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # the names atomic_write writes to
 
 
 @contextlib.contextmanager
@@ -32,7 +36,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     path.parent.mkdir(parents=True, exist_ok=True)
     # os.open with O_EXCL and mode 0o666 applies the umask, unlike tempfile's private 0o600.
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # matches _TEMPORARY
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             break
@@ -71,3 +75,15 @@ def atomic_save_torch(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save(obj, path)` through `atomic_write`, so an interrupted save keeps the old checkpoint."""
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files `atomic_write` left in `directory` and its subfolders when the process was
+    killed mid-write (a cut-short checkpoint is megabytes). Only for a folder no other process writes to
+    (a locked run folder). Returns what was deleted."""
+    removed = []
+    for path in Path(directory).rglob(".*.tmp"):
+        if _TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -12,7 +12,8 @@ notes/gsplat.md B4):
                     for SH degree >= 1, `sh` (uchar f_rest_*); Gaussians with opacity <= 1/255 are left out
 
 NaN/Inf Gaussians are removed first (`io.ply.finite_tensors`): gsplat 1.5.3 would otherwise drop
-every splat when a single opacity is NaN (B9.2). Files are written atomically.
+every splat when a single opacity is NaN (B9.2); so are those that exp() or normalising would make
+NaN or Inf. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def export(splats: torch.nn.ParameterDict, path: str | os.PathLike, format: Expo
     if format == "ply":
         save_ply(splats, path)
         return
-    t = finite_tensors(splats, str(path))
+    t = finite_tensors(splats, str(path), activated=True)  # both formats store exp(scales) or unit quaternions
     if format == "ply_compressed" and not (torch.sigmoid(t["opacities"]) > _COMPRESSED_MIN_OPACITY).any():
         raise ConfigError(
             f"{path}: no Gaussian has opacity above 1/255, and the compressed PLY format leaves those out; "

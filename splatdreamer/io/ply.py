@@ -17,13 +17,16 @@ endings, as PlayCanvas/SuperSplat and antimatter15's viewer require.
 `load_ply` reads that layout and its common variants (no normals, other property orders, ascii
 or big-endian, double precision) by property name. It checks the header itself before plyfile
 allocates anything, so a damaged or hostile file raises `PlyFormatError` naming the file and the
-problem instead of a parser traceback or a MemoryError.
+problem instead of a parser traceback or a MemoryError: only regular files are opened (a FIFO or a
+device would block or never end), counts are bounded, and the memory the data needs is compared
+with the memory available before it is read.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +57,7 @@ _REQUIRED = (
     "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3",
 )  # fmt: skip
 _F_REST = re.compile(r"f_rest_(0|[1-9][0-9]*)")
+MAX_COUNT_DIGITS = 15  # element counts up to 10^15 rows; no file of that many rows fits any disk
 
 
 def _property_names(sh_degree: int) -> list[str]:
@@ -63,14 +67,17 @@ def _property_names(sh_degree: int) -> list[str]:
             "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]  # fmt: skip
 
 
-def finite_tensors(splats: torch.nn.ParameterDict, what: str) -> dict[str, Tensor]:
+def finite_tensors(splats: torch.nn.ParameterDict, what: str, activated: bool = False) -> dict[str, Tensor]:
     """Detached CPU float32 copies of the six tensors, without the Gaussians that hold a NaN or Inf.
 
     Every writer cleans through here, so no file carries a NaN (and gsplat's exporter never sees
-    one: a single NaN opacity makes it drop every splat, notes/gsplat.md B9.2). Dropping warns
-    (RuntimeWarning) with the count; if every Gaussian of a non-empty particle is non-finite there
-    is nothing worth writing and `NonFiniteError` is raised. `what` names the target in messages.
-    Returns {key: tensor} for `splats.KEYS`, shapes as in the particle with N reduced.
+    one: a single NaN opacity makes it drop every splat, notes/gsplat.md B9.2). With `activated`
+    (for formats that store exp(scales) and unit quaternions), Gaussians whose exp(scale) overflows
+    float32 or whose quaternion has no direction are left out too: a finite log-scale of 1e30 would
+    become +inf in the file. Dropping warns (RuntimeWarning) with the count; if every Gaussian of a
+    non-empty particle is dropped there is nothing worth writing and `NonFiniteError` is raised.
+    `what` names the target in messages. Returns {key: tensor} for `splats.KEYS`, shapes as in the
+    particle with N reduced.
     """
     sh_degree_of(splats)  # asserts shN holds (d+1)^2 - 1 coefficients
     tensors = {k: splats[k].detach().to("cpu", torch.float32) for k in KEYS}
@@ -79,6 +86,9 @@ def finite_tensors(splats: torch.nn.ParameterDict, what: str) -> dict[str, Tenso
     for value in tensors.values():
         finite = torch.isfinite(value)
         ok &= finite.flatten(1).all(1) if value.ndim > 1 else finite
+    if activated:
+        norm = torch.linalg.vector_norm(tensors["quats"], dim=1)
+        ok &= torch.isfinite(torch.exp(tensors["scales"])).all(1) & torch.isfinite(norm) & (norm > 0)
     bad = n - int(ok.sum())
     if bad == 0:
         return tensors
@@ -87,7 +97,8 @@ def finite_tensors(splats: torch.nn.ParameterDict, what: str) -> dict[str, Tenso
             f"{what}: all {n} Gaussians hold a NaN or Inf, nothing to write. The optimisation diverged; "
             "lower the learning rates or the guidance scale, or resume from an earlier checkpoint."
         )
-    warnings.warn(f"{what}: left out {bad} of {n} Gaussians that hold a NaN or Inf", RuntimeWarning, stacklevel=3)
+    why = "a NaN or Inf" + (" (of exp(scale) or the unit quaternion included)" if activated else "")
+    warnings.warn(f"{what}: left out {bad} of {n} Gaussians that hold {why}", RuntimeWarning, stacklevel=3)
     return {k: v[ok] for k, v in tensors.items()}
 
 
@@ -144,18 +155,21 @@ def load_ply(path: str | os.PathLike, requires_grad: bool = True) -> torch.nn.Pa
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with _open_regular_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             fmt, elements, header_size = _read_header(f, path)
             _check_data_size(fmt, elements, size - header_size, path)
             vertex = next(e for e in elements if e.name == "vertex")
             names, degree = _vertex_columns(vertex, elements, path)
+            _check_memory(elements, vertex, len(names), path)
             f.seek(0)
             try:
                 data = PlyData.read(f)["vertex"].data
                 values = np.stack([data[name] for name in names], axis=1).astype(np.float32, copy=False)
-            except (PlyParseError, ValueError) as e:  # UnicodeDecodeError of ascii data included
+            except (PlyParseError, ValueError, OverflowError) as e:  # ascii: bad numbers, uchar 300, UTF-8
                 raise PlyFormatError(f"{path}: unreadable vertex data ({e})") from None
+            except MemoryError:
+                raise PlyFormatError(f"{path}: its {vertex.count} Gaussians do not fit in the free memory") from None
     except OSError as e:
         raise PlyFormatError(f"{path}: cannot read the file ({e.strerror or e})") from None
 
@@ -180,6 +194,58 @@ def load_ply(path: str | os.PathLike, requires_grad: bool = True) -> torch.nn.Pa
     for p in splats.values():
         p.requires_grad_(requires_grad)
     return splats
+
+
+def _open_regular_file(path: Path):
+    """Open for reading without blocking, and only a regular file: a FIFO would wait for a writer forever
+    and a device (/dev/zero) never ends."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise _fail(path, f"cannot read it as a .ply: it is {kind}; give a .ply file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still use (Linux: MemAvailable, or the cgroup's limit if lower);
+    None where it cannot be told."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    if not found and hasattr(os, "sysconf"):
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError):
+            pass
+    return min(found) if found else None
+
+
+def _check_memory(elements: list[_Element], vertex: _Element, columns: int, path: Path) -> None:
+    """Refuse a file whose data (a truthful but huge one, e.g. a sparse file) would not fit in memory:
+    plyfile's arrays of every element, then the float32 columns and the particle's copy of them."""
+    need = sum(e.count * sum(_TYPE_SIZES[t] for _, t in e.properties) for e in elements)
+    need += 2 * vertex.count * columns * 4
+    free = available_memory()
+    if free is not None and need > free:
+        raise _fail(path, f"its {vertex.count} Gaussians need about {need / 2**30:.1f} GiB of memory to load, "
+                          f"but only {free / 2**30:.1f} GiB are free; load it on a machine with more memory")  # fmt: skip
 
 
 def _fail(path: Path, problem: str) -> PlyFormatError:
@@ -225,6 +291,8 @@ def _read_header(f, path: Path) -> tuple[str, list[_Element], int]:
         elif words[0] == "element":
             if len(words) != 3 or not words[2].isdigit():
                 raise _fail(path, f"{where}: expected 'element <name> <count>'")
+            if len(words[2]) > MAX_COUNT_DIGITS:
+                raise _fail(path, f"{where}: a count of {len(words[2])} digits; no splat file has that many rows")
             if any(e.name == words[1] for e in elements):
                 raise _fail(path, f"{where}: element '{words[1]}' appears twice")
             elements.append(_Element(words[1], int(words[2])))
