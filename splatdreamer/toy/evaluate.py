@@ -313,7 +313,8 @@ def evaluate_images(config: ToyEvalConfig) -> str:
     recognised = ["| CFG | " + " | ".join(config.prompts) + " |", "|---|" + "---|" * len(config.prompts)]
     counts = [im.count_header()]
     for cfg_scale in dict.fromkeys(parse_method(m)[1] for m in config.methods):
-        checks = {c.prompt: c for c in check_prior(parts, per_prompt=n, guidance_scale=cfg_scale, seed=config.seeds[0])}
+        checks = check_prior(parts, per_prompt=n, guidance_scale=cfg_scale, seed=config.seeds[0], prompts=config.prompts)
+        checks = {c.prompt: c for c in checks}
         rates = [checks[p].recognised().float().mean().item() for p in config.prompts]
         recognised.append(f"| {cfg_scale:g} | " + " | ".join(f"{r:.0%}" for r in rates) + " |")
         print(recognised[-1], flush=True)

@@ -76,8 +76,9 @@ def check_prior(
     guidance_scale: float = 3.0,
     seed: int = 0,
     reference_views: int = 48,
+    prompts: tuple[str, ...] = PROMPTS,
 ) -> list[PromptCheck]:
-    """Sample every toy prompt and measure the samples against renders of its objects.
+    """Sample every toy prompt (or `prompts`) and measure the samples against renders of its objects.
 
     A sample's camera is unknown, so its silhouette is compared with `reference_views` ground-truth renders
     from generation's camera distribution and the best IoU is kept. Foreground is what differs from the
@@ -85,11 +86,13 @@ def check_prior(
     for object.
     """
     size = parts.unet.config.sample_size
-    prompts = [p for p in PROMPTS for _ in range(per_prompt)]
-    images = sample_images(parts, prompts, num_steps, guidance_scale, torch.Generator().manual_seed(seed))
+    images = sample_images(
+        parts, [p for p in prompts for _ in range(per_prompt)], num_steps, guidance_scale,
+        torch.Generator().manual_seed(seed),
+    )  # fmt: skip
     cameras = sample(reference_views, DEFAULT_RANGES, size, size, torch.Generator().manual_seed(seed + 1))
     checks = []
-    for k, prompt in enumerate(PROMPTS):
+    for k, prompt in enumerate(prompts):
         imgs = images[k * per_prompt : (k + 1) * per_prompt]
         background = measure.border_color(imgs)
         mask = measure.foreground(imgs, background)
