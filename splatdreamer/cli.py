@@ -6,6 +6,7 @@ Every subcommand parses a dataclass with tyro, so each field's docstring is its 
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,9 +17,10 @@ from splatdreamer.config import MAX_RESOLUTION, Bound, GenerateConfig, check_fie
 from splatdreamer.errors import ConfigError, SplatdreamerError
 from splatdreamer.presets import PRESETS
 
-USAGE = """usage: splatdreamer {generate,render,convert,doctor,toy} ...
+USAGE = """usage: splatdreamer {generate,view,render,convert,doctor,toy} ...
 
   generate   text to 3D Gaussian splats: splatdreamer generate --preset toy --prompt "a red ball"
+  view       web viewer of a .ply or a run folder: splatdreamer view runs/a_red_ball
   render     turntable PNG/GIF of any 3DGS .ply: splatdreamer render FILE.ply
   convert    .ply to .splat or SuperSplat's compressed .ply: splatdreamer convert IN.ply OUT.splat
   doctor     what this machine can do (CUDA, gsplat kernels, priors) and what to do next
@@ -61,6 +63,21 @@ class ConvertCommand:
     """Where to write: the suffix picks the format (.splat, .compressed.ply, .ply)."""
 
 
+@dataclass
+class ViewCommand:
+    """Show a 3DGS .ply, or every particle of a run folder, in a web viewer (viser) until Ctrl-C."""
+
+    path: tyro.conf.Positional[Path]
+    """A .ply file, or a run folder (its particle_K.ply side by side, with a selector)."""
+    port: int = 8080
+    """Port to serve on (the next free one if it is taken)."""
+    host: str = "127.0.0.1"
+    """Address to listen on; 0.0.0.0 lets other machines on the network open the page."""
+
+
+VIEW_BOUNDS = {"port": Bound(1, 65535)}
+
+
 def _split_preset(args: list[str]) -> tuple[GenerateConfig, list[str]]:
     """Take `--preset NAME` / `--config FILE` out of the arguments and return the base config they name."""
     base, rest, i = None, [], 0
@@ -97,6 +114,25 @@ def cmd_generate(args: list[str]) -> None:
     if config.resume is not None and len(rest) < len(args):
         raise ConfigError("--resume continues a run with its own config.json; drop --preset / --config")
     generate(config)
+
+
+def _serve_until_interrupted(viewer) -> None:
+    """Print the page's address and keep serving it until Ctrl-C, then stop the server."""
+    print(f"splatdreamer: viewer at {viewer.url} (Ctrl-C to stop)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.close()
+
+
+def cmd_view(args: list[str]) -> None:
+    from splatdreamer.viewer import view
+
+    cmd = tyro.cli(ViewCommand, args=args, prog="splatdreamer view")
+    check_fields(cmd, VIEW_BOUNDS)
+    _serve_until_interrupted(view(cmd.path, host=cmd.host, port=cmd.port))
 
 
 def cmd_render(args: list[str]) -> None:
@@ -149,6 +185,7 @@ def cmd_toy(args: list[str]) -> None:
 
 COMMANDS = {
     "generate": cmd_generate,
+    "view": cmd_view,
     "render": cmd_render,
     "convert": cmd_convert,
     "doctor": cmd_doctor,
