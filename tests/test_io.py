@@ -386,6 +386,41 @@ def test_nan_in_file_is_rejected(tmp_path):
         load_ply(tmp_path / "n.ply")
 
 
+def test_splat_transform_infinities_load_as_finite_values_with_a_warning(tmp_path):
+    """splat-transform's decompressed PLY: opacity logit +inf (fully opaque), log-scale -inf (zero size)."""
+    columns = inria_columns(particle(5, 1))
+    columns["opacity"][[0, 3]] = np.inf
+    columns["scale_1"][2] = -np.inf
+    columns["scale_0"][2] = -np.inf  # one Gaussian, two flat axes: counted once
+    columns["scale_2"][4] = -np.inf
+    write_ply(tmp_path / "d.ply", columns)
+    with pytest.warns(RuntimeWarning, match=r"2 opacity logits of \+inf as 20 and 2 Gaussians' log-scales of -inf"):
+        splats = load_ply(tmp_path / "d.ply")
+    assert all(torch.isfinite(v).all() for v in splats.values())
+    assert splats["opacities"][[0, 3]].tolist() == [ply_module.OPACITY_LOGIT_MAX] * 2
+    assert torch.sigmoid(splats["opacities"][0]).item() == 1.0  # as opaque as the file meant, in float32
+    assert splats["scales"][2, :2].tolist() == [ply_module.LOG_SCALE_MIN] * 2 and splats["scales"][4, 2] == -20.0
+    untouched = torch.from_numpy(columns["opacity"][[1, 2, 4]])
+    assert torch.equal(splats["opacities"][[1, 2, 4]].detach(), untouched)  # the other values exactly as written
+    assert torch.equal(splats["scales"][2, 2].detach(), torch.tensor(columns["scale_2"][2]))
+
+
+@pytest.mark.parametrize(
+    "column, value",
+    [("opacity", -np.inf), ("opacity", np.nan), ("scale_0", np.inf), ("scale_1", np.nan), ("x", -np.inf),
+     ("rot_0", np.inf), ("f_dc_0", np.inf)],
+)  # fmt: skip
+def test_other_infinities_and_nan_are_still_refused(tmp_path, column, value):
+    columns = inria_columns(particle(4, 0))
+    columns[column][1] = value
+    columns["opacity"][2] = np.inf  # accepted beside it, but the file is still refused
+    write_ply(tmp_path / "n.ply", columns)
+    with pytest.raises(PlyFormatError, match=rf"1 Gaussians hold a NaN or Inf \(in {column}\)"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_ply(tmp_path / "n.ply")
+
+
 def test_ascii_problems_and_missing_files(tmp_path):
     columns = inria_columns(particle(3, 0))
     write_ply(tmp_path / "a.ply", columns, text=True)
