@@ -21,7 +21,7 @@ from splatdreamer.errors import ConfigError
 from splatdreamer.io.ply import save_ply
 from splatdreamer.splats import detached_copy, from_tensors, rgb_to_sh0
 from splatdreamer.toy.objects import PALETTE, variants
-from splatdreamer.viewer import particle_files, splat_arrays
+from splatdreamer.viewer import LiveViewer, _snapshot, particle_files, splat_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +67,26 @@ def test_particle_files_of_a_run_folder_are_in_particle_order(tmp_path):
     (tmp_path / "previews").mkdir()
     with pytest.raises(ConfigError, match="no particle_K.ply"):
         particle_files(tmp_path / "previews")
+
+
+def test_live_viewer_follows_a_run_through_the_callback(tmp_path):
+    from splatdreamer.generate import generate
+    from splatdreamer.splats import num_gaussians
+    from tiny_models import build_tiny_sd
+    from test_generate import tiny_config
+
+    config = tiny_config(build_tiny_sd(tmp_path / "prior", sample_size=16), tmp_path / "run", steps=9)
+    seen = []
+    with LiveViewer(port=8312, every=4) as live:
+        result = generate(config, callback=lambda p: (seen.append(_snapshot(p.particles[0])["means"]), live(p)))
+        live.finish()
+        assert live.updates == 4  # the first step, steps 4 and 8, and the last (9)
+        counts = [num_gaussians(p) for p in result.particles]
+        assert "step 9 / 9" in live.viewer.status.content
+        assert f"Gaussians: {counts[0]} / {counts[1]}" in live.viewer.status.content
+        for k, line in enumerate(live.viewer.facts):
+            assert line == f"| particle_{k} | {counts[k]} |"  # the last step's particles were drawn
+    assert not torch.equal(seen[0], seen[-1])  # the callback saw the particles move
 
 
 # ---------------------------------------------------------------- in a real browser
