@@ -9,7 +9,7 @@ one `vertex` element, binary little-endian, float32, properties in this order
     f_rest_0..M-1       shN channel-major: R coefficients 1..K-1, then G, then B; M = 3(K-1) = 0, 9, 24, 45
     opacity             logit
     scale_0..2          log standard deviations
-    rot_0..3            quaternion w x y z as stored (not normalised)
+    rot_0..3            unit quaternion w x y z (normalised on save: `unit_quaternions`)
 
 The header holds only `ply`, `format`, `element`, `property` and `end_header` lines with "\\n"
 endings, as PlayCanvas/SuperSplat and antimatter15's viewer require.
@@ -106,12 +106,20 @@ def finite_tensors(splats: torch.nn.ParameterDict, what: str, activated: bool = 
     return {k: v[ok] for k, v in tensors.items()}
 
 
+def unit_quaternions(quats: Tensor) -> Tensor:
+    """[N, 4] -> [N, 4]: each quaternion divided by its length, except those already unit to float32 rounding
+    (kept bit for bit, so saving a loaded file again changes nothing) and zero ones (no direction to keep)."""
+    norm = torch.linalg.vector_norm(quats, dim=1, keepdim=True)
+    return torch.where(((norm - 1).abs() > 1e-6) & (norm > 0), quats / norm, quats)
+
+
 def save_ply(splats: torch.nn.ParameterDict, path: str | os.PathLike) -> int:
     """Write a particle as a standard 3DGS `.ply` (layout in the module docstring), atomically.
 
     `splats` holds means [N, 3], scales [N, 3] (log), quats [N, 4] (wxyz), opacities [N] (logit),
     sh0 [N, 1, 3] and shN [N, K-1, 3] with SH degree 0..3. Values are written as float32 exactly
-    as stored (a float32 particle round-trips bit for bit through `load_ply`). Gaussians holding a
+    as stored (a float32 particle round-trips bit for bit through `load_ply`), except the quaternions,
+    which are normalised (the same rotation). Gaussians holding a
     NaN or Inf are left out with a RuntimeWarning (see `finite_tensors`).
     Returns the number of Gaussians written.
     """
@@ -119,6 +127,9 @@ def save_ply(splats: torch.nn.ParameterDict, path: str | os.PathLike) -> int:
     if degree > 3:
         raise ConfigError(f"the 3DGS .ply layout stops at SH degree 3; this particle has degree {degree}")
     t = finite_tensors(splats, str(path))
+    # Unit quaternions, unlike Inria's save_ply: the length means nothing to any renderer, while tools that assume
+    # unit length lose the rotation (splat-transform's .splat writer clips |q| > 1 components: errors to 0.055).
+    t["quats"] = unit_quaternions(t["quats"])
     n = t["means"].shape[0]
     columns = torch.cat(
         [
