@@ -110,9 +110,9 @@ class GenerateCommand:
     """Start from a run's saved config.json instead of a preset; the other flags override its values."""
 
 
-def _starting_config(args: list[str]) -> tuple[GenerateConfig, bool]:
-    """The config `--preset NAME` / `--config FILE` name (wherever they stand), and whether one was given.
-    tyro parses them again later, for `--help` and their checks; the other flags' defaults come from here."""
+def _starting_config(args: list[str]) -> tuple[GenerateConfig, tuple[str, str] | None]:
+    """The config `--preset NAME` / `--config FILE` name (wherever they stand), and (flag, value) if one was
+    given. tyro parses them again later, for `--help` and their checks; the other flags' defaults come from here."""
     given: list[tuple[str, str]] = []
     for i, arg in enumerate(args):
         name, eq, value = arg.partition("=")
@@ -126,13 +126,13 @@ def _starting_config(args: list[str]) -> tuple[GenerateConfig, bool]:
         raise ConfigError(f"give one starting point, not {' and '.join(n + ' ' + v for n, v in given)}: the "
                           "other flags override its values")  # fmt: skip
     if not given:
-        return PRESETS["default"](), False
+        return PRESETS["default"](), None
     name, value = given[0]
     if name == "--config":
-        return load_json(Path(value)), True
+        return load_json(Path(value)), given[0]
     if value not in PRESETS:
         raise ConfigError(f"unknown preset {value!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[value](), True
+    return PRESETS[value](), given[0]
 
 
 def cmd_generate(args: list[str]) -> None:
@@ -148,10 +148,13 @@ def cmd_generate(args: list[str]) -> None:
         "below are those of the chosen starting configuration."
     )
     default = GenerateCommand(run=base)
+    if started_from is not None:  # --help shows the starting point that was given as the default
+        flag, value = started_from
+        default = dataclasses.replace(default, **({"preset": value} if flag == "--preset" else {"config": Path(value)}))
     cmd = tyro.cli(GenerateCommand, args=args, default=default, prog="splatdreamer generate", description=description)
     check_fields(cmd.live, VIEWER_BOUNDS)  # cmd.run is checked by generate(), before anything is written
     config = cmd.run
-    if config.resume is not None and started_from:
+    if config.resume is not None and started_from is not None:
         raise ConfigError("--resume continues a run with its own config.json; drop --preset / --config")
     if not cmd.live.viewer:
         generate(config)

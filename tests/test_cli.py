@@ -169,7 +169,8 @@ def test_generate_help_lists_the_starting_points_and_a_required_prompt(capsys):
     assert re.search(r"--prompt STR .*?\(required\)", text)
     assert "wherever the flag stands" in text and "given after it" not in text
     assert "--viewer, --no-viewer" in text and "--viewer-port INT" in text and "--viewer-every INT" in text
-    assert "(default: 300)" in _help(capsys, "generate", "--preset", "toy")  # the preset's own defaults
+    toy = _help(capsys, "generate", "--preset", "toy")
+    assert "(default: 300)" in toy and "(default: toy)" in toy  # the preset's own defaults, and its name
     with pytest.raises(SystemExit) as info:
         main(["generate", "--steps", "5"])  # no prompt
     assert info.value.code == 2 and "--prompt" in capsys.readouterr().err

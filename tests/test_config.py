@@ -60,10 +60,10 @@ def test_saved_config_with_unknown_field_is_rejected(tmp_path: Path):
 
 def test_the_starting_config_is_found_wherever_its_flag_stands(tmp_path: Path):
     base, given = _starting_config(["--prompt", "x", "--preset", "toy", "--steps", "5"])
-    assert base == PRESETS["toy"]() and given
+    assert base == PRESETS["toy"]() and given == ("--preset", "toy")
     base, given = _starting_config(["--steps", "5", "--preset=paper"])
-    assert base.particles == 4 and given
-    assert _starting_config(["--prompt", "x"]) == (PRESETS["default"](), False)
+    assert base.particles == 4 and given == ("--preset", "paper")
+    assert _starting_config(["--prompt", "x"]) == (PRESETS["default"](), None)
     save_json(GenerateConfig(prompt="from a file", steps=7), tmp_path / "c.json")
     assert _starting_config(["--config", str(tmp_path / "c.json")])[0].steps == 7
     with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of: default, paper, fast, toy"):
