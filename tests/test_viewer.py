@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ from splatdreamer.errors import ConfigError
 from splatdreamer.io.ply import save_ply
 from splatdreamer.splats import detached_copy, from_tensors, rgb_to_sh0
 from splatdreamer.toy.objects import PALETTE, variants
-from splatdreamer.viewer import LiveViewer, _snapshot, particle_files, splat_arrays
+from browser import require_chromium, settled_screenshot
+from splatdreamer.viewer import ALL, LiveViewer, _snapshot, particle_files, splat_arrays, view
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +69,30 @@ def test_particle_files_of_a_run_folder_are_in_particle_order(tmp_path):
         particle_files(tmp_path / "previews")
 
 
+def _run_folder(folder: Path) -> Path:
+    """A run folder whose particle_0 is the red ball and particle_1 the green cone."""
+    folder.mkdir()
+    save_ply(variants("a red ball")[0].splats, folder / "particle_0.ply")
+    save_ply(variants("a green cone")[0].splats, folder / "particle_1.ply")
+    return folder
+
+
+def test_view_of_a_run_folder_lays_particles_out_and_selects_one(tmp_path):
+    viewer = view(_run_folder(tmp_path / "run"), port=8314)
+    try:
+        assert viewer.facts == ["| particle_0.ply | 2078 | 0 |", "| particle_1.ply | 1116 | 0 |"]
+        ball, cone = viewer.handles[0], viewer.handles[1]
+        assert viewer.spacing == pytest.approx(2.4 * 0.45, rel=1e-3)  # the larger extent, with a gap
+        assert ball.position[0] == pytest.approx(-viewer.spacing / 2) and cone.position[0] == -ball.position[0]
+        assert ball.visible and cone.visible
+        viewer.selector.value = "particle_1.ply"  # what a click in the page does
+        assert not ball.visible and cone.visible and tuple(cone.position) == (0.0, 0.0, 0.0)
+        viewer.selector.value = ALL
+        assert ball.visible and cone.position[0] == pytest.approx(viewer.spacing / 2)
+    finally:
+        viewer.close()
+
+
 def test_live_viewer_follows_a_run_through_the_callback(tmp_path):
     from splatdreamer.generate import generate
     from splatdreamer.splats import num_gaussians
@@ -90,19 +114,22 @@ def test_live_viewer_follows_a_run_through_the_callback(tmp_path):
 
 
 # ---------------------------------------------------------------- in a real browser
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WIDTH, HEIGHT = 1280, 720  # wide, so the floating control panel (right) leaves the centre of the canvas free
 
 
-def _screenshot(ply: Path, out: Path) -> np.ndarray:
-    """Run `splatdreamer view PLY` on a loopback port, screenshot its page with headless Chromium, stop both."""
-    if CHROMIUM is None:
-        if os.environ.get("SPLATDREAMER_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed, and SPLATDREAMER_REQUIRE_BROWSER is set (CI: see .ci/run)")
-        pytest.skip("needs a headless Chromium (apt-get install chromium)")
+def _shows_something(image: np.ndarray) -> bool:
+    """Non-white pixels in the middle of the canvas (away from the panel, the notice and the axes icon)."""
+    middle = image[HEIGHT // 4 : -HEIGHT // 4, WIDTH // 4 : WIDTH // 2 + WIDTH // 5].astype(int)
+    return (middle.min(-1) < 200).mean() > 0.005
+
+
+def _screenshot(path: Path, out: Path) -> np.ndarray:
+    """Run `splatdreamer view PATH` on a loopback port, screenshot its page in headless Chromium once the scene
+    has settled, stop both; the picture is also saved to `out` (to look at when a test fails)."""
+    require_chromium(pytest)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "splatdreamer.cli", "view", str(ply), "--port", "8311"],
+        [sys.executable, "-m", "splatdreamer.cli", "view", str(path), "--port", "8311"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
@@ -112,19 +139,14 @@ def _screenshot(ply: Path, out: Path) -> np.ndarray:
                 break
         else:
             pytest.fail(f"splatdreamer view exited ({server.wait()}) without printing its address")
-        with tempfile.TemporaryDirectory() as profile:
-            subprocess.run(
-                [CHROMIUM, "--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                 f"--user-data-dir={profile}", f"--window-size={WIDTH},{HEIGHT}", "--virtual-time-budget=20000",
-                 f"--screenshot={out}", url],
-                check=True, capture_output=True, timeout=120,
-            )  # fmt: skip
+        image = settled_screenshot(url, WIDTH, HEIGHT, _shows_something)
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C
         server.wait(timeout=30)
     assert server.returncode == 0, server.stdout.read()  # Ctrl-C stops the viewer cleanly
-    return np.asarray(Image.open(out).convert("RGB")).astype(int)
+    Image.fromarray(image).save(out)
+    assert image.shape == (HEIGHT, WIDTH, 3)
+    return image.astype(int)
 
 
 def _mask(image: np.ndarray, rgb: tuple[float, float, float], tolerance: int = 60) -> np.ndarray:
@@ -161,3 +183,53 @@ def test_view_shows_the_cone_upright(tmp_path):
     # The apex (y = -0.45, up is -Y) is above the base: the silhouette narrows toward the top of the image.
     assert width_near_top < 0.5 * width_near_bottom
     assert green[(top + bottom) // 2, WIDTH // 4] and abs((top + bottom) / 2 - HEIGHT / 2) < 0.1 * HEIGHT  # centred
+
+
+def test_without_viser_the_viewer_names_the_extra(monkeypatch, tmp_path, capsys):
+    from splatdreamer.cli import main
+
+    monkeypatch.setitem(sys.modules, "viser", None)  # import viser -> ImportError
+    ply = tmp_path / "ball.ply"
+    save_ply(variants("a red ball")[0].splats, ply)
+    assert main(["view", str(ply)]) == 2
+    assert "pip install 'splatdreamer[viewer]'" in capsys.readouterr().err
+
+
+def test_generate_viewer_serves_the_run_then_stops_on_ctrl_c(tmp_path):
+    """The CLI door: `generate --viewer` serves the page during and after the run, and Ctrl-C ends it with 0."""
+    from tiny_models import build_tiny_sd
+
+    prior = build_tiny_sd(tmp_path / "prior", sample_size=16)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "splatdreamer.cli", "generate", "--prompt", "a red ball", "--steps", "3",
+               "--prior.name", str(prior), "--splats.num-init", "50", "--output.out-dir", str(tmp_path / "run"),
+               "--output.preview-every", "0", "--output.turntable-frames", "2", "--output.preview-size", "16",
+               "--viewer", "--viewer-port", "8313", "--viewer-every", "2"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if "(Ctrl-C to stop)" in line:
+                break
+        else:
+            pytest.fail(f"generate --viewer exited ({server.wait()}) without serving: {''.join(lines)}")
+        url = re.search(r"viewer at (http://\S+)", line).group(1)
+        assert any("live viewer at " + url in earlier for earlier in lines)  # the address was shown at step 1
+        with urllib.request.urlopen(url, timeout=30) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
+        assert (tmp_path / "run" / "particle_0.ply").is_file()  # the run finished before this wait
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    assert server.returncode == 0
+
+
+@pytest.mark.slow
+def test_view_of_a_run_folder_shows_particle_0_left_of_particle_1(tmp_path):
+    image = _screenshot(_run_folder(tmp_path / "run"), tmp_path / "run.png")
+    red = _mask(image, PALETTE["red"])[HEIGHT // 8 : -HEIGHT // 8, WIDTH // 8 : WIDTH // 2 + WIDTH // 5]
+    green = _mask(image, PALETTE["green"])[HEIGHT // 8 : -HEIGHT // 8, WIDTH // 8 : WIDTH // 2 + WIDTH // 5]
+    assert red.sum() > 500 and green.sum() > 500
+    # +X is to the right when -Y is up and the camera looks along +Z: not a mirror image.
+    assert np.nonzero(red)[1].max() < np.nonzero(green)[1].min()
