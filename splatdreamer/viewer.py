@@ -9,6 +9,7 @@ have (DESIGN.md, Conventions), so the orbit controls turn about the object's own
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from splatdreamer.splats import sh0_to_rgb, sh_degree_of
 
 UP = (0.0, -1.0, 0.0)  # world up of our particles (3DGS / COLMAP convention)
 ALL = "all, side by side"
+STATUS_INTERVAL = 0.25  # seconds: the status line changes at most 4 times a second between particle updates
 DRAWN = ("means", "scales", "quats", "opacities", "sh0")  # the parameters viser draws (no view-dependent SH)
 
 
@@ -71,7 +73,7 @@ class Viewer:
     the centre and hides the others. Stop it with `close()`.
     """
 
-    def __init__(self, names: list[str], host: str = "127.0.0.1", port: int = 8080, title: str = "splatdreamer"):
+    def __init__(self, names: list[str], host: str = "127.0.0.1", port: int = 8080):
         viser = _viser()
         if not names:
             raise ConfigError("nothing to show: no particles were given to the viewer")
@@ -87,6 +89,7 @@ class Viewer:
         self.selector.on_update(lambda _: self._place())
         self.status = self.server.gui.add_markdown("")
         self.facts_md = self.server.gui.add_markdown("")
+        self._set_camera()
 
     @property
     def url(self) -> str:
@@ -166,7 +169,7 @@ def view(path: Path, host: str = "127.0.0.1", port: int = 8080) -> Viewer:
 
     files = particle_files(Path(path))
     particles = [load_ply(f, requires_grad=False) for f in files]
-    viewer = Viewer([f.name for f in files], host=host, port=port, title=f"splatdreamer: {path}")
+    viewer = Viewer([f.name for f in files], host=host, port=port)
     for k, splats in enumerate(particles):
         viewer.show(k, splats)
     viewer.set_status(f"**{Path(path).name}**")
@@ -175,7 +178,7 @@ def view(path: Path, host: str = "127.0.0.1", port: int = 8080) -> Viewer:
 
 class LiveViewer:
     """`generate()`'s callback that shows the run in a viewer: the particles every `every` steps, the step,
-    losses and Gaussian counts after every step.
+    losses and Gaussian counts with them and after other steps (at most every `STATUS_INTERVAL` seconds).
 
     The training thread only copies the particles to the CPU (every `every` steps); activating them and
     sending them to the browser happen on a thread of the viewer's own, which takes only the newest state
@@ -196,31 +199,41 @@ class LiveViewer:
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._work, name="splatdreamer-viewer", daemon=True)
-        self.updates = 0  # particle updates sent, for tests and the benchmark
+        self._last_status = -float("inf")
+        # For tests and scripts/bench_viewer.py: particle updates sent, the seconds the run spent in this
+        # callback, and the CPU seconds of the viewer's thread.
+        self.updates = 0
+        self.callback_seconds = 0.0
+        self.worker_seconds = 0.0
 
     def start(self, num_particles: int) -> Viewer:
-        self.viewer = Viewer([f"particle_{k}" for k in range(num_particles)], self.host, self.port,
-                             "splatdreamer: live")  # fmt: skip
+        self.viewer = Viewer([f"particle_{k}" for k in range(num_particles)], self.host, self.port)
         self._thread.start()
         return self.viewer
 
     def __call__(self, progress) -> None:
+        begin = time.perf_counter()
         particles = progress.particles
         if self.viewer is None:
             self.start(len(particles))
             print(f"splatdreamer: live viewer at {self.viewer.url}")
-        losses = f"VSD loss {progress.loss_vsd:.4g}, phi loss {progress.loss_phi:.4g}"
-        counts = " / ".join(map(str, progress.num_gaussians))
-        status = f"**step {progress.step} / {progress.total}**  \n{losses}  \nGaussians: {counts}"
         snapshot = None
         if progress.step % self.every == 0 or progress.step == progress.total or self.updates == 0:
             snapshot = [_snapshot(p) for p in particles]
+        elif begin - self._last_status < STATUS_INTERVAL:
+            self.callback_seconds += time.perf_counter() - begin
+            return
+        self._last_status = begin
+        losses = f"VSD loss {progress.loss_vsd:.4g}, phi loss {progress.loss_phi:.4g}"
+        counts = " / ".join(map(str, progress.num_gaussians))
+        status = f"**step {progress.step} / {progress.total}**  \n{losses}  \nGaussians: {counts}"
         with self._wake:
             self._pending_status = status
             if snapshot is not None:
                 self._pending_particles = snapshot
                 self.updates += 1
             self._wake.notify()
+        self.callback_seconds += time.perf_counter() - begin
 
     def _work(self) -> None:
         while True:
@@ -230,10 +243,12 @@ class LiveViewer:
                     return
                 status, particles = self._pending_status, self._pending_particles
                 self._pending_status = self._pending_particles = None
+            begin = time.thread_time()
             if particles is not None:
                 for k, splats in enumerate(particles):
                     self.viewer.show(k, splats)
             self.viewer.set_status(status)
+            self.worker_seconds += time.thread_time() - begin
 
     def finish(self) -> None:
         """Hand the newest state to viser and stop taking updates; the page stays up until `close()`."""
