@@ -8,8 +8,8 @@ the prior's loading and the final files are not). Runs alternate without / with 
 machine's load hits both alike (in ABBA order). On a loaded machine the wall time swings with the other jobs,
 so it also prints what depends less on them: the process's CPU time over the loop (all threads: the training,
 the viewer's thread, viser's server), the seconds the run spent in the callback (the training thread's share)
-and the CPU seconds of the viewer's own thread. No browser is connected: the cost measured is the run's side of the viewer
-(copying the particles, activating them and handing them to viser on the viewer's thread).
+and the CPU seconds of the viewer's own thread. No browser is connected: the cost measured is the run's side
+of the viewer (copying the particles, activating them and handing them to viser on the viewer's thread).
 """
 
 from __future__ import annotations
