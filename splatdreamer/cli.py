@@ -5,20 +5,24 @@ Every subcommand parses a dataclass with tyro, so each field's docstring is its 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
+from splatdreamer import __version__
 from splatdreamer.config import MAX_RESOLUTION, Bound, GenerateConfig, check_fields, load_json
 from splatdreamer.errors import ConfigError, SplatdreamerError
 from splatdreamer.presets import PRESETS
 
-USAGE = """usage: splatdreamer {generate,render,convert,doctor,toy} ...
+USAGE = """usage: splatdreamer [--version] {generate,view,render,convert,doctor,toy} ...
 
   generate   text to 3D Gaussian splats: splatdreamer generate --preset toy --prompt "a red ball"
+  view       web viewer of a .ply or a run folder: splatdreamer view runs/a_red_ball
   render     turntable PNG/GIF of any 3DGS .ply: splatdreamer render FILE.ply
   convert    .ply to .splat or SuperSplat's compressed .ply: splatdreamer convert IN.ply OUT.splat
   doctor     what this machine can do (CUDA, gsplat kernels, priors) and what to do next
@@ -55,48 +59,135 @@ RENDER_BOUNDS = {"size": Bound(0, MAX_RESOLUTION, open_low=True), "frames": Boun
 class ConvertCommand:
     """Convert a 3DGS .ply to another splat format."""
 
-    input: tyro.conf.Positional[Path]
+    input: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="INPUT")]
     """The .ply to read."""
-    output: tyro.conf.Positional[Path]
+    output: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="OUTPUT")]
     """Where to write: the suffix picks the format (.splat, .compressed.ply, .ply)."""
 
 
-def _split_preset(args: list[str]) -> tuple[GenerateConfig, list[str]]:
-    """Take `--preset NAME` / `--config FILE` out of the arguments and return the base config they name."""
-    base, rest, i = None, [], 0
-    while i < len(args):
-        arg = args[i]
-        name, _, value = arg.partition("=")
+@dataclass
+class ViewCommand:
+    """Show a 3DGS .ply, or every particle of a run folder, in a web viewer (viser) until Ctrl-C."""
+
+    path: tyro.conf.Positional[Path]
+    """A .ply file, or a run folder (its particle_K.ply side by side, with a selector)."""
+    port: int = 8080
+    """Port to serve on (the next free one if it is taken)."""
+    host: str = "127.0.0.1"
+    """Address to listen on; 0.0.0.0 lets other machines on the network open the page."""
+
+
+VIEW_BOUNDS = {"port": Bound(1, 65535)}
+
+
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
+
+@dataclass
+class LiveViewerOptions:
+    """The live viewer of `splatdreamer generate`: a display, not part of the run's config.json."""
+
+    viewer: bool = False
+    """Show the run live in a web viewer (viser; pip install 'splatdreamer[viewer]')."""
+    viewer_port: int = 8080
+    """Port of the live viewer (the next free one if it is taken)."""
+    viewer_every: int = 10
+    """Steps between the viewer's updates of the particles (the step, losses and counts: up to 4 times a second)."""
+
+
+VIEWER_BOUNDS = {"viewer_port": Bound(1, 65535), "viewer_every": Bound(1, None)}
+
+
+@dataclass
+class GenerateCommand:
+    """`splatdreamer generate`: a GenerateConfig (its flags unprefixed), where it starts from, and the viewer."""
+
+    run: Annotated[GenerateConfig, tyro.conf.arg(name="")]
+    live: Annotated[LiveViewerOptions, tyro.conf.arg(name="")] = dataclasses.field(default_factory=LiveViewerOptions)
+    preset: PresetName = "default"
+    """Start from this named configuration (splatdreamer/presets.py); the other flags override its values."""
+    config: Path | None = None
+    """Start from a run's saved config.json instead of a preset; the other flags override its values."""
+
+
+def _starting_config(args: list[str]) -> tuple[GenerateConfig, tuple[str, str] | None]:
+    """The config `--preset NAME` / `--config FILE` name (wherever they stand), and (flag, value) if one was
+    given. tyro parses them again later, for `--help` and their checks; the other flags' defaults come from here."""
+    given: list[tuple[str, str]] = []
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
         if name in ("--preset", "--config"):
-            if not value:
+            if not eq:
                 if i + 1 >= len(args):
                     raise ConfigError(f"{name} needs a value")
-                value, i = args[i + 1], i + 1
-            if name == "--preset":
-                if value not in PRESETS:
-                    raise ConfigError(f"unknown preset {value!r}; choose one of: {', '.join(PRESETS)}")
-                base = PRESETS[value]()
-            else:
-                base = load_json(Path(value))
-        else:
-            rest.append(arg)
-        i += 1
-    return base or PRESETS["default"](), rest
+                value = args[i + 1]
+            given.append((name, value))
+    if len(given) > 1:
+        raise ConfigError(f"give one starting point, not {' and '.join(n + ' ' + v for n, v in given)}: the "
+                          "other flags override its values")  # fmt: skip
+    if not given:
+        return PRESETS["default"](), None
+    name, value = given[0]
+    if name == "--config":
+        return load_json(Path(value)), given[0]
+    if value not in PRESETS:
+        raise ConfigError(f"unknown preset {value!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[value](), given[0]
 
 
 def cmd_generate(args: list[str]) -> None:
     from splatdreamer.generate import generate
 
-    base, rest = _split_preset(args)
+    base, started_from = _starting_config(args)
+    if not base.prompt and "--resume" not in (a.partition("=")[0] for a in args):
+        base.prompt = tyro.MISSING  # shown as required; a resumed run takes its prompt from its config.json
     description = (
         "Text to 3D Gaussian splats with Variational Score Distillation.\n\n"
-        f"--preset NAME starts from a named configuration ({', '.join(PRESETS)}); "
-        "--config FILE from a run's saved config.json. Flags given after it override it."
+        "--preset NAME or --config FILE picks the starting configuration (default: the preset 'default'); "
+        "every other flag overrides its value, wherever the flag stands on the line. The defaults shown "
+        "below are those of the chosen starting configuration."
     )
-    config = tyro.cli(GenerateConfig, args=rest, default=base, prog="splatdreamer generate", description=description)
-    if config.resume is not None and len(rest) < len(args):
+    default = GenerateCommand(run=base)
+    if started_from is not None:  # --help shows the starting point that was given as the default
+        flag, value = started_from
+        default = dataclasses.replace(default, **({"preset": value} if flag == "--preset" else {"config": Path(value)}))
+    cmd = tyro.cli(GenerateCommand, args=args, default=default, prog="splatdreamer generate", description=description)
+    check_fields(cmd.live, VIEWER_BOUNDS)  # cmd.run is checked by generate(), before anything is written
+    config = cmd.run
+    if config.resume is not None and started_from is not None:
         raise ConfigError("--resume continues a run with its own config.json; drop --preset / --config")
-    generate(config)
+    if not cmd.live.viewer:
+        generate(config)
+        return
+    from splatdreamer.viewer import LiveViewer
+
+    live = LiveViewer(port=cmd.live.viewer_port, every=cmd.live.viewer_every)
+    try:
+        generate(config, callback=live)
+        live.finish()
+    except BaseException:
+        live.close()
+        raise
+    _serve_until_interrupted(live.viewer)
+
+
+def _serve_until_interrupted(viewer) -> None:
+    """Print the page's address and keep serving it until Ctrl-C, then stop the server."""
+    print(f"splatdreamer: viewer at {viewer.url} (Ctrl-C to stop)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.close()
+
+
+def cmd_view(args: list[str]) -> None:
+    from splatdreamer.viewer import view
+
+    cmd = tyro.cli(ViewCommand, args=args, prog="splatdreamer view")
+    check_fields(cmd, VIEW_BOUNDS)
+    _serve_until_interrupted(view(cmd.path, host=cmd.host, port=cmd.port))
 
 
 def cmd_render(args: list[str]) -> None:
@@ -149,6 +240,7 @@ def cmd_toy(args: list[str]) -> None:
 
 COMMANDS = {
     "generate": cmd_generate,
+    "view": cmd_view,
     "render": cmd_render,
     "convert": cmd_convert,
     "doctor": cmd_doctor,
@@ -161,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"splatdreamer {__version__}")
+        return 0
     command = COMMANDS.get(argv[0])
     if command is None:
         print(f"splatdreamer: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)

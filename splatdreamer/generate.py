@@ -70,6 +70,13 @@ class Progress:
     t_mean: float
     grad_norm: float  # batch mean of the per-sample norm of the score gradient (the VSD loss's scale is arbitrary)
     seconds: float  # since this process started the loop
+    # The particles after this step, for a callback to look at (`viewer.LiveViewer`): the run's own Parameters,
+    # changed in place by the next step, so copy what you keep and never modify them. Not in metrics.jsonl.
+    particles: list[torch.nn.ParameterDict] = field(default_factory=list, repr=False, compare=False)
+
+    def metrics(self) -> dict[str, float | int | list[int]]:
+        """The numbers, for a line of metrics.jsonl."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "particles"}
 
 
 @dataclass
@@ -528,7 +535,7 @@ def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None
     """Run a generation (or continue one, with `config.resume`) and write its files.
 
     Returns the particles and the paths of everything written. `callback` is called after every step
-    with a `Progress`. Ctrl-C saves a checkpoint before re-raising, so `--resume` can continue the run;
+    with a `Progress` (its `particles` are the run's own: `viewer.LiveViewer` shows them in a browser). Ctrl-C saves a checkpoint before re-raising, so `--resume` can continue the run;
     the KeyboardInterrupt's message says what was saved.
 
     Everything is checked and loaded (config, folder, device, prior) before any file is written. The run
@@ -586,7 +593,8 @@ def _run(folder: _RunFolder, callback: Callable[[Progress], None] | None) -> Res
                 progress = run.train_step()
                 at_step_boundary = True
                 progress.seconds = time.perf_counter() - start
-                metrics.write(json.dumps(dataclasses.asdict(progress)) + "\n")
+                progress.particles = run.particles
+                metrics.write(json.dumps(progress.metrics()) + "\n")
                 metrics.flush()
                 bar.update(1)
                 bar.set_postfix(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import numpy as np
@@ -145,3 +146,42 @@ def test_doctor_finds_a_half_downloaded_stable_diffusion(tmp_path):
 def test_convert_refuses_a_folder_as_its_output(red_ball, tmp_path, capsys):
     assert main(["convert", str(red_ball), str(tmp_path)]) == 2
     assert f"the output {tmp_path} is a folder" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import splatdreamer
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"splatdreamer {splatdreamer.__version__}\n"
+
+
+def _help(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--help"])
+    assert info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # tyro wraps lines and draws boxes; words are what count
+
+
+def test_generate_help_lists_the_starting_points_and_a_required_prompt(capsys):
+    text = _help(capsys, "generate")
+    assert "--preset {default,paper,fast,toy}" in text
+    assert "--config {None}|PATH" in text
+    assert re.search(r"--prompt STR .*?\(required\)", text)
+    assert "wherever the flag stands" in text and "given after it" not in text
+    assert "--viewer, --no-viewer" in text and "--viewer-port INT" in text and "--viewer-every INT" in text
+    toy = _help(capsys, "generate", "--preset", "toy")
+    assert "(default: 300)" in toy and "(default: toy)" in toy  # the preset's own defaults, and its name
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--steps", "5"])  # no prompt
+    assert info.value.code == 2 and "--prompt" in capsys.readouterr().err
+
+
+def test_convert_help_names_input_and_output(capsys):
+    assert "splatdreamer convert [-h] INPUT OUTPUT" in _help(capsys, "convert")
+
+
+def test_view_refuses_a_missing_file_and_a_bad_port(tmp_path, capsys):
+    assert main(["view", str(tmp_path / "none.ply")]) == 2
+    assert "none.ply does not exist" in capsys.readouterr().err
+    assert main(["view", str(tmp_path), "--port", "70000"]) == 2
+    assert "port" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from splatdreamer.cli import _split_preset, main
+from splatdreamer.cli import _starting_config, main
 from splatdreamer.config import GenerateConfig, changed_fields, load_json, prompt_slug, save_json
 from splatdreamer.errors import ConfigError
 from splatdreamer.presets import PRESETS
@@ -58,14 +58,29 @@ def test_saved_config_with_unknown_field_is_rejected(tmp_path: Path):
         load_json(tmp_path / "c.json")
 
 
-def test_preset_flag_is_taken_out_of_the_arguments():
-    base, rest = _split_preset(["--prompt", "x", "--preset", "toy", "--steps", "5"])
-    assert rest == ["--prompt", "x", "--steps", "5"]
-    assert base == PRESETS["toy"]()
-    base, rest = _split_preset(["--preset=paper"])
-    assert base.particles == 4 and rest == []
+def test_the_starting_config_is_found_wherever_its_flag_stands(tmp_path: Path):
+    base, given = _starting_config(["--prompt", "x", "--preset", "toy", "--steps", "5"])
+    assert base == PRESETS["toy"]() and given == ("--preset", "toy")
+    base, given = _starting_config(["--steps", "5", "--preset=paper"])
+    assert base.particles == 4 and given == ("--preset", "paper")
+    assert _starting_config(["--prompt", "x"]) == (PRESETS["default"](), None)
+    save_json(GenerateConfig(prompt="from a file", steps=7), tmp_path / "c.json")
+    assert _starting_config(["--config", str(tmp_path / "c.json")])[0].steps == 7
     with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of: default, paper, fast, toy"):
-        _split_preset(["--preset", "nope"])
+        _starting_config(["--preset", "nope"])
+    with pytest.raises(ConfigError, match="give one starting point, not --preset toy and --config c.json"):
+        _starting_config(["--preset", "toy", "--config", "c.json"])
+
+
+def test_flags_override_the_preset_wherever_they_stand(tmp_path: Path, monkeypatch):
+    seen = []
+    import importlib
+
+    module = importlib.import_module("splatdreamer.generate")  # the module; splatdreamer.generate is the function
+    monkeypatch.setattr(module, "generate", lambda config, callback=None: seen.append(config))
+    assert main(["generate", "--steps", "5", "--preset", "toy", "--prompt", "a"]) == 0
+    assert main(["generate", "--preset", "toy", "--steps", "5", "--prompt", "a"]) == 0
+    assert seen[0] == seen[1] and seen[0].steps == 5 and seen[0].prior.name == PRESETS["toy"]().prior.name
 
 
 def test_prompt_slug():

@@ -15,6 +15,7 @@ from gsplat import export_splats
 from PIL import Image
 
 from splatdreamer import splats as S
+from splatdreamer.render import reference
 from splatdreamer.errors import ConfigError, NonFiniteError, PlyFormatError, RunFolderError
 from splatdreamer.io import ply as ply_module
 from splatdreamer.io.atomic import atomic_save_torch, atomic_write, remove_stale_temporaries
@@ -44,6 +45,11 @@ def particle(n: int, sh_degree: int, seed: int = 0, edge_values: bool = True) ->
         with torch.no_grad():
             p["means"][0] = torch.tensor([-0.0, 1e-40, 3.0e38])  # negative zero, subnormal, near max
     return p
+
+
+def as_saved(p: torch.nn.ParameterDict) -> dict[str, torch.Tensor]:
+    """The particle's values as `save_ply` writes them: quaternions normalised, the rest as stored."""
+    return {k: ply_module.unit_quaternions(v.detach()) if k == "quats" else v.detach() for k, v in p.items()}
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -170,14 +176,14 @@ def test_run_lock_in_a_folder_that_cannot_be_written(tmp_path):
 
 
 @pytest.mark.parametrize("degree", [0, 3])
-def test_ply_round_trip_is_bit_exact(tmp_path, degree):
+def test_ply_round_trip_is_bit_exact_but_for_normalised_quaternions(tmp_path, degree):
     p = particle(37, degree)
     assert save_ply(p, tmp_path / "p.ply") == 37
     q = load_ply(tmp_path / "p.ply")
     assert S.sh_degree_of(q) == degree
     for k in S.KEYS:
         assert q[k].shape == p[k].shape and q[k].dtype == torch.float32
-        assert torch.equal(bits(q[k]), bits(p[k])), k
+        assert torch.equal(bits(q[k]), bits(as_saved(p)[k])), k
         assert q[k].requires_grad
     assert not any(v.requires_grad for v in load_ply(tmp_path / "p.ply", requires_grad=False).values())
 
@@ -201,7 +207,39 @@ def test_ply_header_and_layout_are_standard(tmp_path):
     np.testing.assert_array_equal(col["f_rest_8"], p["shN"][:, 2, 2].detach().numpy())
     np.testing.assert_array_equal(col["opacity"], p["opacities"].detach().numpy())  # logit, as stored
     np.testing.assert_array_equal(col["scale_1"], p["scales"][:, 1].detach().numpy())  # log, as stored
-    np.testing.assert_array_equal(col["rot_0"], p["quats"][:, 0].detach().numpy())  # w, not normalised
+    unit = torch.nn.functional.normalize(p["quats"].detach(), dim=1).numpy()
+    np.testing.assert_allclose(rows[:, -4:], unit, rtol=0, atol=1e-7)  # w x y z, normalised
+
+
+def test_saved_quaternions_are_unit_so_8_bit_writers_that_assume_it_keep_the_rotation(tmp_path):
+    """The decision: .ply files hold unit quaternions. Every renderer normalises, so nothing changes on screen,
+    while a writer that assumes unit length, as splat-transform's .splat writer (round(q * 128 + 128) clipped
+    to 0..255), is exact to its 8-bit step instead of clipping long quaternions (errors up to 0.055)."""
+    g = torch.Generator().manual_seed(5)
+    p = particle(200, 0, edge_values=False)
+    with torch.no_grad():
+        p["quats"].mul_(torch.rand(200, 1, generator=g) * 3 + 0.2)  # lengths 0.2 .. 3.2, as training leaves them
+        p["quats"][0] = 0.0  # no direction: stays zero
+    save_ply(p, tmp_path / "p.ply")
+    q = load_ply(tmp_path / "p.ply", requires_grad=False)["quats"]
+    norms = torch.linalg.vector_norm(q[1:], dim=1)
+    assert torch.allclose(norms, torch.ones(199), atol=1e-6) and torch.equal(q[0], torch.zeros(4))
+    original = reference.quat_scale_to_covar(p["quats"][1:].detach(), torch.ones(199, 3) * torch.arange(1, 4))
+    loaded = reference.quat_scale_to_covar(q[1:], torch.ones(199, 3) * torch.arange(1, 4))
+    torch.testing.assert_close(loaded, original, atol=1e-5, rtol=1e-5)  # the same Gaussians
+
+    def eight_bit(quats: torch.Tensor) -> torch.Tensor:
+        return (torch.round(quats * 128 + 128).clamp(0, 255) - 128) / 128
+
+    def error(quats: torch.Tensor) -> float:  # of the decoded unit quaternion, sign-insensitive
+        unit = torch.nn.functional.normalize(quats, dim=1)
+        decoded = torch.nn.functional.normalize(eight_bit(quats), dim=1)
+        return (1 - (unit * decoded).sum(1).abs()).max().item()
+
+    assert error(q[1:]) < 1e-3  # only the 8-bit rounding
+    assert error(p["quats"][1:].detach()) > 0.01  # what raw lengths would have cost
+    save_ply(load_ply(tmp_path / "p.ply"), tmp_path / "again.ply")
+    assert (tmp_path / "again.ply").read_bytes() == (tmp_path / "p.ply").read_bytes()  # saving again is exact
 
 
 def test_save_ply_leaves_out_nonfinite_gaussians_with_a_warning(tmp_path):
@@ -214,7 +252,7 @@ def test_save_ply_leaves_out_nonfinite_gaussians_with_a_warning(tmp_path):
     q = load_ply(tmp_path / "p.ply")
     keep = torch.tensor([0, 2, 4])
     for k in S.KEYS:
-        assert torch.equal(q[k], p[k][keep]), k
+        assert torch.equal(q[k], as_saved(p)[k][keep]), k
 
     with torch.no_grad():
         p["means"][:] = float("nan")
@@ -265,7 +303,7 @@ def test_load_accepts_crlf_header(tmp_path):
     (tmp_path / "crlf.ply").write_bytes(raw[:end].replace(b"\n", b"\r\n") + raw[end:])
     q = load_ply(tmp_path / "crlf.ply")
     for k in S.KEYS:
-        assert torch.equal(q[k], p[k]), k
+        assert torch.equal(q[k], as_saved(p)[k]), k
 
 
 def test_load_reads_gsplat_exports(tmp_path):
@@ -384,6 +422,41 @@ def test_nan_in_file_is_rejected(tmp_path):
     write_ply(tmp_path / "n.ply", columns)
     with pytest.raises(PlyFormatError, match=r"2 Gaussians hold a NaN or Inf \(in x, scale_2\)"):
         load_ply(tmp_path / "n.ply")
+
+
+def test_splat_transform_infinities_load_as_finite_values_with_a_warning(tmp_path):
+    """splat-transform's decompressed PLY: opacity logit +inf (fully opaque), log-scale -inf (zero size)."""
+    columns = inria_columns(particle(5, 1))
+    columns["opacity"][[0, 3]] = np.inf
+    columns["scale_1"][2] = -np.inf
+    columns["scale_0"][2] = -np.inf  # one Gaussian, two flat axes: counted once
+    columns["scale_2"][4] = -np.inf
+    write_ply(tmp_path / "d.ply", columns)
+    with pytest.warns(RuntimeWarning, match=r"2 opacity logits of \+inf as 20 and 2 Gaussians' log-scales of -inf"):
+        splats = load_ply(tmp_path / "d.ply")
+    assert all(torch.isfinite(v).all() for v in splats.values())
+    assert splats["opacities"][[0, 3]].tolist() == [ply_module.OPACITY_LOGIT_MAX] * 2
+    assert torch.sigmoid(splats["opacities"][0]).item() == 1.0  # as opaque as the file meant, in float32
+    assert splats["scales"][2, :2].tolist() == [ply_module.LOG_SCALE_MIN] * 2 and splats["scales"][4, 2] == -20.0
+    untouched = torch.from_numpy(columns["opacity"][[1, 2, 4]])
+    assert torch.equal(splats["opacities"][[1, 2, 4]].detach(), untouched)  # the other values exactly as written
+    assert torch.equal(splats["scales"][2, 2].detach(), torch.tensor(columns["scale_2"][2]))
+
+
+@pytest.mark.parametrize(
+    "column, value",
+    [("opacity", -np.inf), ("opacity", np.nan), ("scale_0", np.inf), ("scale_1", np.nan), ("x", -np.inf),
+     ("rot_0", np.inf), ("f_dc_0", np.inf)],
+)  # fmt: skip
+def test_other_infinities_and_nan_are_still_refused(tmp_path, column, value):
+    columns = inria_columns(particle(4, 0))
+    columns[column][1] = value
+    columns["opacity"][2] = np.inf  # accepted beside it, but the file is still refused
+    write_ply(tmp_path / "n.ply", columns)
+    with pytest.raises(PlyFormatError, match=rf"1 Gaussians hold a NaN or Inf \(in {column}\)"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_ply(tmp_path / "n.ply")
 
 
 def test_ascii_problems_and_missing_files(tmp_path):

@@ -9,7 +9,7 @@ one `vertex` element, binary little-endian, float32, properties in this order
     f_rest_0..M-1       shN channel-major: R coefficients 1..K-1, then G, then B; M = 3(K-1) = 0, 9, 24, 45
     opacity             logit
     scale_0..2          log standard deviations
-    rot_0..3            quaternion w x y z as stored (not normalised)
+    rot_0..3            unit quaternion w x y z (normalised on save: `unit_quaternions`)
 
 The header holds only `ply`, `format`, `element`, `property` and `end_header` lines with "\\n"
 endings, as PlayCanvas/SuperSplat and antimatter15's viewer require.
@@ -57,6 +57,10 @@ _REQUIRED = (
     "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3",
 )  # fmt: skip
 _F_REST = re.compile(r"f_rest_(0|[1-9][0-9]*)")
+# What load_ply reads splat-transform's infinities as: sigmoid(20) is 1 in float32, and exp(-20) = 2e-9 is far
+# below a pixel at any scene scale, while both stay finite through squaring and gradients.
+OPACITY_LOGIT_MAX = 20.0
+LOG_SCALE_MIN = -20.0
 MAX_COUNT_DIGITS = 15  # element counts up to 10^15 rows; no file of that many rows fits any disk
 
 
@@ -102,12 +106,20 @@ def finite_tensors(splats: torch.nn.ParameterDict, what: str, activated: bool = 
     return {k: v[ok] for k, v in tensors.items()}
 
 
+def unit_quaternions(quats: Tensor) -> Tensor:
+    """[N, 4] -> [N, 4]: each quaternion divided by its length, except those already unit to float32 rounding
+    (kept bit for bit, so saving a loaded file again changes nothing) and zero ones (no direction to keep)."""
+    norm = torch.linalg.vector_norm(quats, dim=1, keepdim=True)
+    return torch.where(((norm - 1).abs() > 1e-6) & (norm > 0), quats / norm, quats)
+
+
 def save_ply(splats: torch.nn.ParameterDict, path: str | os.PathLike) -> int:
     """Write a particle as a standard 3DGS `.ply` (layout in the module docstring), atomically.
 
     `splats` holds means [N, 3], scales [N, 3] (log), quats [N, 4] (wxyz), opacities [N] (logit),
     sh0 [N, 1, 3] and shN [N, K-1, 3] with SH degree 0..3. Values are written as float32 exactly
-    as stored (a float32 particle round-trips bit for bit through `load_ply`). Gaussians holding a
+    as stored (a float32 particle round-trips bit for bit through `load_ply`), except the quaternions,
+    which are normalised (the same rotation). Gaussians holding a
     NaN or Inf are left out with a RuntimeWarning (see `finite_tensors`).
     Returns the number of Gaussians written.
     """
@@ -115,6 +127,9 @@ def save_ply(splats: torch.nn.ParameterDict, path: str | os.PathLike) -> int:
     if degree > 3:
         raise ConfigError(f"the 3DGS .ply layout stops at SH degree 3; this particle has degree {degree}")
     t = finite_tensors(splats, str(path))
+    # Unit quaternions, unlike Inria's save_ply: the length means nothing to any renderer, while tools that assume
+    # unit length lose the rotation (splat-transform's .splat writer clips |q| > 1 components: errors to 0.055).
+    t["quats"] = unit_quaternions(t["quats"])
     n = t["means"].shape[0]
     columns = torch.cat(
         [
@@ -151,7 +166,9 @@ def load_ply(path: str | os.PathLike, requires_grad: bool = True) -> torch.nn.Pa
     sh0 [N, 1, 3], shN [N, K-1, 3], whose Parameters have `requires_grad` as given.
     Raises `PlyFormatError` (naming the file and the problem) for a missing, empty, truncated,
     non-PLY or malformed file, a header that does not fit the file, missing or miscounted
-    properties, list properties, and values that are NaN or infinite.
+    properties, list properties, and values that are NaN or infinite; except opacity logits of +inf and
+    log-scales of -inf (splat-transform writes them), which are read as `OPACITY_LOGIT_MAX` and
+    `LOG_SCALE_MIN` with a RuntimeWarning giving their counts.
     """
     path = Path(path)
     try:
@@ -173,6 +190,7 @@ def load_ply(path: str | os.PathLike, requires_grad: bool = True) -> torch.nn.Pa
     except OSError as e:
         raise PlyFormatError(f"{path}: cannot read the file ({e.strerror or e})") from None
 
+    _clamp_decompressed_infinities(values, path)
     finite = np.isfinite(values)
     if not finite.all():
         rows = int((~finite.all(axis=1)).sum())
@@ -194,6 +212,28 @@ def load_ply(path: str | os.PathLike, requires_grad: bool = True) -> torch.nn.Pa
     for p in splats.values():
         p.requires_grad_(requires_grad)
     return splats
+
+
+def _clamp_decompressed_infinities(values: np.ndarray, path: Path) -> None:
+    """In place: opacity logit +inf -> OPACITY_LOGIT_MAX, log-scale -inf -> LOG_SCALE_MIN, warning with the counts.
+
+    PlayCanvas's splat-transform writes these when it decompresses a compressed PLY: a fully opaque splat
+    (opacity 1, logit +inf) and a scale quantised to 0 (log -inf). Both have a finite meaning; every other
+    infinity, and every NaN, still makes the file damaged. Columns as `_REQUIRED`: opacity 6, scales 7..9.
+    """
+    opacity, scales = values[:, 6], values[:, 7:10]
+    opaque, flat = opacity == np.inf, scales == -np.inf
+    if not opaque.any() and not flat.any():
+        return
+    opacity[opaque] = OPACITY_LOGIT_MAX
+    scales[flat] = LOG_SCALE_MIN
+    warnings.warn(
+        f"{path}: read {int(opaque.sum())} opacity logits of +inf as {OPACITY_LOGIT_MAX:g} and "
+        f"{int(flat.any(1).sum())} Gaussians' log-scales of -inf as {LOG_SCALE_MIN:g} "
+        "(as splat-transform writes fully opaque and zero-size splats)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _open_regular_file(path: Path):
@@ -346,7 +386,8 @@ def _vertex_columns(vertex: _Element, elements: list[_Element], path: Path) -> t
     if missing:
         hint = ""
         if "packed_position" in present or any(e.name == "chunk" for e in elements):
-            hint = "; this is a compressed PLY (SuperSplat), which splatdreamer writes but cannot read"
+            hint = ("; this is a compressed PLY (SuperSplat), which splatdreamer writes but cannot read: decompress it "
+                    "with PlayCanvas's splat-transform (npx @playcanvas/splat-transform IN.compressed.ply OUT.ply)")
         raise _fail(path, f"the vertex element lacks {', '.join(missing)}: not a 3D Gaussian splat file "
                           f"(needs x y z, f_dc_0..2, opacity, scale_0..2, rot_0..3){hint}")  # fmt: skip
     rest = sorted(int(m.group(1)) for name in present if (m := _F_REST.fullmatch(name)))
