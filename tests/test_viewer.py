@@ -26,6 +26,12 @@ from splatdreamer.viewer import ALL, LiveViewer, _snapshot, particle_files, spla
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _default_sigint() -> None:
+    """Ctrl-C must reach the child even when pytest runs as a background job, whose shell ignores SIGINT (an
+    ignored SIGINT is inherited, and Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_splat_arrays_activate_a_rotated_gaussian():
     half = math.sqrt(0.5)
     splats = from_tensors(
@@ -130,7 +136,7 @@ def _screenshot(path: Path, out: Path) -> np.ndarray:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server = subprocess.Popen(
         [sys.executable, "-m", "splatdreamer.cli", "view", str(path), "--port", "8311"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_default_sigint,
     )  # fmt: skip
     try:
         for line in server.stdout:
@@ -205,7 +211,9 @@ def test_generate_viewer_serves_the_run_then_stops_on_ctrl_c(tmp_path):
                "--prior.name", str(prior), "--splats.num-init", "50", "--output.out-dir", str(tmp_path / "run"),
                "--output.preview-every", "0", "--output.turntable-frames", "2", "--output.preview-size", "16",
                "--viewer", "--viewer-port", "8313", "--viewer-every", "2"]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    server = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, preexec_fn=_default_sigint
+    )
     try:
         lines = []
         for line in server.stdout:
