@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -156,9 +157,7 @@ def unconditional_weights(dataset: ToyDataset) -> Tensor:
     four colours of "a ball" alike.
     """
     names = object_names(dataset)
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
+    counts = Counter(names)
     return torch.tensor([1.0 / counts[name] for name in names], dtype=torch.float64)
 
 

@@ -140,6 +140,11 @@ def scoring_views(size: int) -> tuple[cams.Cameras, int]:
     return cams.Cameras.cat([inside, below, above]), len(inside)
 
 
+def _iou(a: Tensor, b: Tensor) -> float:
+    """Silhouette IoU of two bool masks [V, H, W] pooled over all their views."""
+    return ((a & b).sum() / (a | b).sum().clamp(min=1)).item()
+
+
 @torch.no_grad()
 def score_particle(particle: torch.nn.ParameterDict, prompt: str, size: int) -> Score:
     views, first_outside = scoring_views(size)
@@ -149,11 +154,7 @@ def score_particle(particle: torch.nn.ParameterDict, prompt: str, size: int) -> 
     for v, obj in enumerate(variants(prompt)):
         truth = render(obj.splats, views, white)
         mask, true_mask = out.alpha[:, 0] > 0.5, truth.alpha[:, 0] > 0.5
-        iou = ((mask & true_mask).sum() / (mask | true_mask).sum().clamp(min=1)).item()
-        outside = slice(first_outside, None)
-        iou_outside = (
-            (mask[outside] & true_mask[outside]).sum() / (mask[outside] | true_mask[outside]).sum().clamp(min=1)
-        ).item()
+        iou, iou_outside = _iou(mask, true_mask), _iou(mask[first_outside:], true_mask[first_outside:])
         both = (mask & true_mask)[:, None].expand_as(out.rgb)
         rgb, true_rgb = out.rgb.clamp(0, 1), truth.rgb.clamp(0, 1)
         color_err = ((rgb - true_rgb).abs()[both].mean()).item() if both.any() else 1.0
