@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -37,10 +38,12 @@ def settled_screenshot(url: str, width: int, height: int, shows_something, timeo
     from websockets.sync.client import connect
 
     assert CHROMIUM is not None
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes (zygote, GPU, renderers) can outlive the main one and go on writing into the
+    # profile: run them all in their own process group, end the whole group, and only then remove the profile.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         browser = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", url],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         try:
             port = _devtools_port(Path(profile), browser, time.monotonic() + 60)
@@ -75,8 +78,30 @@ def settled_screenshot(url: str, width: int, height: int, shows_something, timeo
                     last = image
                     time.sleep(1.0)
         finally:
-            browser.terminate()
-            browser.wait(timeout=30)
+            _end_group(browser)
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def _end_group(browser: subprocess.Popen) -> None:
+    """SIGTERM to Chromium's process group, SIGKILL to whatever is left of it after 10 s."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(browser.pid, sig)
+        except ProcessLookupError:
+            break
+        browser.poll()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(browser.pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                break
+            browser.poll()  # reap the leader, or it stays in the group as a zombie
+            time.sleep(0.1)
+        else:
+            continue
+        break
+    browser.wait(timeout=30)
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
