@@ -457,3 +457,28 @@ def test_zero_camera_init_starts_phi_as_the_pretrained_model(pixel_dir, init):
         assert (phi - pretrained).abs().max() > 1e-3
     with pytest.raises(ConfigError, match="camera_init"):
         load(pixel_dir, camera_init="ones")
+
+
+def test_phi_fit_is_one_before_phi_learns_the_particles_and_falls_after(pixel_dir):
+    """The 2D check's measure of phi (toy/image_sampler.phi_fit): phi's epsilon error over the pretrained
+    model's on the particles, which is what VSD's push between particles needs below 1."""
+    from splatdreamer.toy.image_sampler import phi_fit
+
+    prior = load(pixel_dir, camera_init="zero")  # phi starts as the pretrained model
+    images = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9]])[:, :, None, None].expand(2, 3, prior.resolution, prior.resolution).clone()
+    before = phi_fit(prior, images, "a red ball", timesteps=(100, 500))
+    assert list(before) == [100, 500]
+    for pretrained, phi in before.values():
+        assert phi == pytest.approx(pretrained, rel=1e-5) and pretrained > 0
+    x0 = prior.encode_images(images)
+    text, camera = prior.text_embeddings("a red ball").plain(2), torch.zeros(2, prior.camera_dim)
+    opt = torch.optim.AdamW(prior.phi_parameters(), lr=1e-2)
+    for i in range(100):
+        loss = prior.phi_loss(x0, text, camera, generator=torch.Generator().manual_seed(i), camera_dropout=0.0)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = phi_fit(prior, images, "a red ball", timesteps=(100, 500))
+    for t, (pretrained, phi) in after.items():
+        assert pretrained == pytest.approx(before[t][0])  # the frozen model and the fixed noise are unchanged
+        assert phi < 0.9 * pretrained

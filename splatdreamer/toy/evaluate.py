@@ -84,6 +84,9 @@ class ToyEvalConfig:
     """Image particles per run (--space image)."""
     image_steps: int = 400
     """Steps per image run (--space image)."""
+    image_init: Literal["grey", "colors"] = "grey"
+    """How image particles start (--space image): all mid grey, or each its own random flat colour (the 2D
+    counterpart of the toy preset's random colour per 3D particle). Both with pixel noise."""
     ancestral_samples: int = 64
     """Ancestral samples of the prior counted per CFG (--space image)."""
     out_dir: Path = Path("runs/toy-eval")
@@ -312,7 +315,7 @@ def evaluate_images(config: ToyEvalConfig) -> str:
     parts = load(prior_dir)
     n = config.ancestral_samples
     recognised = ["| CFG | " + " | ".join(config.prompts) + " |", "|---|" + "---|" * len(config.prompts)]
-    counts = [im.count_header()]
+    counts, fits = [im.count_header()], [im.fit_header()]
     for cfg_scale in dict.fromkeys(parse_method(m)[1] for m in config.methods):
         checks = check_prior(parts, per_prompt=n, guidance_scale=cfg_scale, seed=config.seeds[0], prompts=config.prompts)
         checks = {c.prompt: c for c in checks}
@@ -332,11 +335,15 @@ def evaluate_images(config: ToyEvalConfig) -> str:
                     run = im.ImageRunConfig(
                         mode=mode, cfg_scale=scale, particles=config.image_particles, steps=config.image_steps,
                         phi_lr=config.base.prior.phi_lr, phi_steps=config.base.prior.phi_steps, seed=seed,
+                        init=config.image_init,
                     )  # fmt: skip
                     images = im.distill_images(prior, prompt, run)
                     labels = im.classify_colors(images)
                     counts.append(im.count_row(f"{prompt}: {mode} seed {seed}", scale, Counter(labels), len(labels)))
                     print(counts[-1], flush=True)
+                    if mode == "vsd":
+                        fits.append(im.fit_row(f"{prompt}: {method} seed {seed}", im.phi_fit(prior, images, prompt)))
+                        print(fits[-1], flush=True)
                     save_png(
                         contact_sheet(images, columns=len(images)),
                         config.out_dir / "image" / prompt_slug(prompt) / f"{method}-s{seed}.png",
@@ -346,6 +353,9 @@ def evaluate_images(config: ToyEvalConfig) -> str:
         + "\n".join(recognised)
         + "\n\nColours of the prior's samples and of the image particles:\n\n"
         + "\n".join(counts)
+        + "\n\nphi's fit to the VSD particles at the end (its epsilon error over the pretrained model's, "
+        + "`image_sampler.phi_fit`; below 1 where phi knows the particles better):\n\n"
+        + "\n".join(fits)
     )
     print(text)
     if config.report is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -61,6 +62,9 @@ class ImageRunConfig:
     lr: float = 0.01  # Adam on pixels in [0, 1]; ~0.01 per step moves a pixel across the range in ~100 steps
     phi_lr: float = 1e-3  # the toy preset's phi rate
     phi_steps: int = 1  # phi updates per particle update
+    init: Literal["grey", "colors"] = "grey"
+    """grey: every particle mid grey plus pixel noise. colors: each particle its own random flat colour plus
+    pixel noise, the 2D counterpart of the toy preset's random initial colours per 3D particle."""
     camera_dropout: float = 0.1
     t_min: int = 20  # the 3D loop's range and annealing (official t_range 0.02-0.98, then 0.5 from t5_iters)
     t_max: int = 980
@@ -72,13 +76,20 @@ class ImageRunConfig:
 def distill_images(prior: DiffusionPrior, prompt: str, config: ImageRunConfig) -> Tensor:
     """Optimise `config.particles` images with VSD or SDS against `prompt` -> [K, 3, H, W] in [0, 1].
 
-    The particles start as mid grey with independent pixel noise. There is no camera: phi gets the zero camera
-    condition for every particle (its camera embedding of zero is a constant it learns like any bias).
+    The particles start as `config.init` says, with independent pixel noise. There is no camera: phi gets the
+    zero camera condition for every particle (its camera embedding of zero is a constant it learns like any
+    bias). phi is trained in place: `phi_fit(prior, images, prompt)` afterwards says how well it learnt them.
     """
     k, size = config.particles, prior.resolution
     gen_cpu = torch.Generator().manual_seed(config.seed)
     gen_dev = torch.Generator(device=prior.device).manual_seed(config.seed + 1)
-    images = (0.5 + 0.1 * torch.randn(k, 3, size, size, generator=gen_cpu)).clamp(0, 1).to(prior.device)
+    if config.init == "grey":
+        start = torch.full((k, 3, 1, 1), 0.5)
+    elif config.init == "colors":
+        start = torch.rand(k, 3, 1, 1, generator=gen_cpu)
+    else:
+        raise ValueError(f"unknown init {config.init!r}; use 'grey' or 'colors'")
+    images = (start + 0.1 * torch.randn(k, 3, size, size, generator=gen_cpu)).clamp(0, 1).to(prior.device)
     images.requires_grad_(True)
     opt = torch.optim.Adam([images], lr=config.lr)
     phi_opt = torch.optim.AdamW(prior.phi_parameters(), lr=config.phi_lr)
@@ -111,6 +122,47 @@ def distill_images(prior: DiffusionPrior, prompt: str, config: ImageRunConfig) -
                 loss.backward()
                 phi_opt.step()
     return images.detach().cpu()
+
+
+FIT_TIMESTEPS = (100, 300, 500, 700, 900)
+
+
+@torch.no_grad()
+def phi_fit(
+    prior: DiffusionPrior, images: Tensor, prompt: str, timesteps: tuple[int, ...] = FIT_TIMESTEPS, seed: int = 0
+) -> dict[int, tuple[float, float]]:
+    """How well phi models the particles, against the pretrained model: per timestep t, the mean squared
+    error of each model's epsilon on `images` [K, 3, H, W] noised to t, (pretrained at CFG 1, phi at the zero
+    camera), with the same noise for both.
+
+    VSD moves particle x by eps_pretrained - eps_phi; the particles can only be pushed apart where phi knows
+    them better than the pretrained model does (a ratio phi/pretrained below 1). Near 1 at every t, phi has
+    learnt nothing about the particles that the prior did not already know, and VSD acts as SDS at CFG 1.
+    """
+    k = images.shape[0]
+    x0 = prior.encode_images(images.to(prior.device), generator=torch.Generator(prior.device).manual_seed(seed))
+    text = prior.text_embeddings(prompt).plain(k)
+    camera = torch.zeros(k, prior.camera_dim, device=prior.device)
+    gen = torch.Generator(prior.device).manual_seed(seed)
+    fit = {}
+    for t in timesteps:
+        tt = torch.full((k,), t, device=prior.device)
+        noise = torch.randn(x0.shape, generator=gen, device=prior.device)
+        x_t = prior.add_noise(x0, noise, tt)
+        pretrained = prior.eps_pretrained(x_t, tt, text, text, 1.0)
+        phi = prior.eps_phi(x_t, tt, text, camera)
+        fit[t] = ((pretrained - noise).pow(2).mean().item(), (phi - noise).pow(2).mean().item())
+    return fit
+
+
+def fit_row(source: str, fit: dict[int, tuple[float, float]]) -> str:
+    """One markdown row: source, then phi's error over the pretrained model's at each timestep."""
+    return f"| {source} | " + " | ".join(f"{phi / pre:.2f}" for pre, phi in fit.values()) + " |"
+
+
+def fit_header(timesteps: tuple[int, ...] = FIT_TIMESTEPS) -> str:
+    cells = " | ".join(f"t = {t}" for t in timesteps)
+    return f"| run | {cells} |\n|---|{'---|' * len(timesteps)}"
 
 
 def count_row(source: str, cfg_scale: float, counts: Counter, total: int) -> str:
