@@ -461,9 +461,10 @@ class _Driver:
                     self._show()
                     self.save()
         except KeyboardInterrupt:
+            stopped = len(in_flight)
             self._stop(in_flight)
             raise KeyboardInterrupt(
-                f"{len(in_flight)} run(s) stopped, each with the checkpoint it reached; the manifest "
+                f"{stopped} run(s) stopped, each with the checkpoint it reached; the manifest "
                 f"{self.out_dir / MANIFEST} says which. Run the same command again to continue them"
             ) from None
         finally:

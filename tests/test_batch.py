@@ -322,7 +322,7 @@ def test_ctrl_c_leaves_a_manifest_the_same_command_continues(tmp_path, ray_env):
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 130, stderr[-3000:]
-    assert "Run the same command again to continue them" in stderr
+    assert "1 run(s) stopped" in stderr and "Run the same command again to continue them" in stderr
     stopped = manifest(out)["a_red_ball-s0"]
     assert stopped["status"] == "pending"
     saved = torch.load(out / "a_red_ball-s0" / "checkpoint.pt", weights_only=True)["step"]
