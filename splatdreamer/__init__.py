@@ -1,10 +1,11 @@
 """splatdreamer: text to 3D Gaussian splats with Variational Score Distillation (ProlificDreamer).
 
     from splatdreamer import GenerateConfig, generate, load_ply, save_ply, render
+    from splatdreamer import batch                     # many prompts and seeds on Ray (the [ray] extra)
 
 Names are imported on first use, so `import splatdreamer` stays light (no diffusers import).
-`splatdreamer.generate` and `splatdreamer.render` are the functions, although submodules of the same
-names exist; reach those with `from splatdreamer.generate import Generation` and the like.
+`splatdreamer.generate`, `splatdreamer.batch` and `splatdreamer.render` are the functions, although submodules
+of the same names exist; reach those with `from splatdreamer.generate import Generation` and the like.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ _EXPORTS = {
     "generate": "splatdreamer.generate",
     "Result": "splatdreamer.generate",
     "Progress": "splatdreamer.generate",
+    "batch": "splatdreamer.batch",
+    "BatchItem": "splatdreamer.batch",
+    "RunEntry": "splatdreamer.batch",
     "GenerateConfig": "splatdreamer.config",
     "load_ply": "splatdreamer.io.ply",
     "save_ply": "splatdreamer.io.ply",

@@ -1,4 +1,4 @@
-"""The `splatdreamer` command: generate, render, convert, doctor, toy train, toy eval.
+"""The `splatdreamer` command: generate, batch, view, render, convert, doctor, toy train, toy eval.
 
 Every subcommand parses a dataclass with tyro, so each field's docstring is its `--help`.
 """
@@ -19,9 +19,10 @@ from splatdreamer.config import MAX_RESOLUTION, Bound, GenerateConfig, check_fie
 from splatdreamer.errors import ConfigError, SplatdreamerError
 from splatdreamer.presets import PRESETS
 
-USAGE = """usage: splatdreamer [--version] {generate,view,render,convert,doctor,toy} ...
+USAGE = """usage: splatdreamer [--version] {generate,batch,view,render,convert,doctor,toy} ...
 
   generate   text to 3D Gaussian splats: splatdreamer generate --preset toy --prompt "a red ball"
+  batch      many prompts and seeds on Ray: splatdreamer batch --prompts-file FILE --out-dir DIR
   view       web viewer of a .ply or a run folder: splatdreamer view runs/a_red_ball
   render     turntable PNG/GIF of any 3DGS .ply: splatdreamer render FILE.ply
   convert    .ply to .splat or SuperSplat's compressed .ply: splatdreamer convert IN.ply OUT.splat
@@ -171,6 +172,78 @@ def cmd_generate(args: list[str]) -> None:
     _serve_until_interrupted(live.viewer)
 
 
+@dataclass
+class BatchOptions:
+    """What `splatdreamer batch` adds to the generate flags: the prompts, the folder and the Ray cluster."""
+
+    prompts_file: Path
+    """One prompt per line (blank lines and # comments skipped), or a .jsonl file of
+    {"prompt": ..., "seed": ..., "negative_prompt": ...} lines (seed and negative_prompt optional)."""
+    out_dir: Path
+    """The batch folder: a run folder per (prompt, seed), batch.jsonl (the manifest) and index.html (the gallery)."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds of every prompt (a JSONL line with its own seed runs once, at that seed)."""
+    address: str | None = None
+    """Ray cluster to join: auto (the cluster this machine belongs to) or ray://HOST:10001 (Ray Client);
+    None = a local Ray instance on this machine."""
+    gpus_per_run: float = 1.0
+    """GPUs per run (0.5 = two runs share a GPU); where the cluster has no GPU, runs take CPU slots instead."""
+    cpus_per_run: float = 1.0
+    """CPU slots per run; a run on the CPU uses as many torch threads."""
+    max_retries: int = 2
+    """Times Ray starts a run again when its worker process dies; the new one continues from the checkpoint."""
+    overwrite: bool = False
+    """Replace run folders that hold a run with other settings (they are refused otherwise)."""
+    num_cpus: int | None = None
+    """CPU slots of the local Ray instance; None = every core. Not with --address."""
+
+
+@dataclass
+class BatchCommand:
+    """`splatdreamer batch`: the batch's own flags and a GenerateConfig for every run (its flags unprefixed)."""
+
+    batch: Annotated[BatchOptions, tyro.conf.arg(name="")]
+    run: Annotated[GenerateConfig, tyro.conf.arg(name="")]
+    preset: PresetName = "default"
+    """Start from this named configuration (splatdreamer/presets.py); the other flags override its values."""
+    config: Path | None = None
+    """Start from a run's saved config.json instead of a preset; the other flags override its values."""
+
+
+# generate flags that name one run, and what a batch has instead
+BATCH_REPLACES = {"--prompt": "--prompts-file", "--seed": "--seeds", "--resume": "the same batch command again",
+                  "--output.out-dir": "--out-dir", "--output.overwrite": "--overwrite"}  # fmt: skip
+
+
+def cmd_batch(args: list[str]) -> int:
+    from splatdreamer.batch import batch, read_prompts
+
+    for arg in args:
+        name = arg.partition("=")[0]
+        if name in BATCH_REPLACES:
+            raise ConfigError(f"{name} names one run; a batch takes {BATCH_REPLACES[name]} instead")
+    base, started_from = _starting_config(args)
+    description = (
+        "Many generations as Ray tasks: every prompt of --prompts-file at every seed, each into its own "
+        "folder of --out-dir, with a manifest (batch.jsonl) and a gallery (index.html). The same command "
+        "again skips finished runs and continues interrupted ones. --preset NAME or --config FILE picks the "
+        "starting configuration of every run; every other generate flag overrides its value."
+    )
+    default = BatchCommand(batch=BatchOptions(prompts_file=tyro.MISSING, out_dir=tyro.MISSING), run=base)
+    if started_from is not None:
+        flag, value = started_from
+        default = dataclasses.replace(default, **({"preset": value} if flag == "--preset" else {"config": Path(value)}))
+    cmd = tyro.cli(BatchCommand, args=args, default=default, prog="splatdreamer batch", description=description)
+    opts = cmd.batch
+    items = read_prompts(opts.prompts_file)
+    entries = batch(
+        items, cmd.run, opts.out_dir, seeds=opts.seeds, address=opts.address, gpus_per_run=opts.gpus_per_run,
+        cpus_per_run=opts.cpus_per_run, max_retries=opts.max_retries, overwrite=opts.overwrite,
+        num_cpus=opts.num_cpus,
+    )  # fmt: skip
+    return 1 if any(e.status != "done" for e in entries) else 0
+
+
 def _serve_until_interrupted(viewer) -> None:
     """Print the page's address and keep serving it until Ctrl-C, then stop the server."""
     print(f"splatdreamer: viewer at {viewer.url} (Ctrl-C to stop)", flush=True)
@@ -240,6 +313,7 @@ def cmd_toy(args: list[str]) -> None:
 
 COMMANDS = {
     "generate": cmd_generate,
+    "batch": cmd_batch,
     "view": cmd_view,
     "render": cmd_render,
     "convert": cmd_convert,
@@ -261,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"splatdreamer: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     try:
-        command(argv[1:])
+        code = command(argv[1:])  # None, or a command's own status (batch: 1 when a run failed)
     except SplatdreamerError as e:
         print(f"splatdreamer: error: {e}", file=sys.stderr)
         return 2
@@ -270,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         note = f"; {e.args[0]}" if e.args else ""
         print(f"\nsplatdreamer: interrupted{note}", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,336 @@
+"""`splatdreamer batch`: prompt files, the plan, the manifest and gallery (fast), and whole batches on a local
+Ray instance of 2 CPU slots with the toy preset at a few steps (slow): reruns, a killed worker, Ctrl-C."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from splatdreamer.batch import (
+    GALLERY,
+    MANIFEST,
+    BatchItem,
+    RunEntry,
+    continue_or_start,
+    plan,
+    read_manifest,
+    read_prompts,
+    write_gallery,
+    write_manifest,
+)
+from splatdreamer.cli import main
+from splatdreamer.config import save_json
+from splatdreamer.errors import ConfigError
+from splatdreamer.io.ply import load_ply
+from splatdreamer.presets import toy
+
+ROOT = Path(__file__).resolve().parents[1]
+# The toy preset at a run of seconds, on the 2 CPU slots of a local Ray instance.
+TINY = ["--preset", "toy", "--steps", "4", "--particles", "1", "--splats.num-init", "128", "--output.preview-every",
+        "0", "--output.turntable-frames", "2", "--output.preview-size", "16", "--num-cpus", "2"]  # fmt: skip
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- prompt files
+
+
+def test_prompt_file_skips_blank_lines_and_comments(tmp_path):
+    path = write(tmp_path / "prompts.txt", "# animals\na red ball\n\n   \n  a blue cube  \n# end\n")
+    assert [(i.prompt, i.seed, i.source) for i in read_prompts(path)] == [
+        ("a red ball", None, f"{path}:2"), ("a blue cube", None, f"{path}:5")]  # fmt: skip
+
+
+def test_jsonl_lines_give_their_own_seed_and_negative_prompt(tmp_path):
+    path = write(tmp_path / "p.jsonl", '{"prompt": "a red ball", "seed": 7, "negative_prompt": "blue"}\n'
+                                       '# a comment\n{"prompt": ""}\n')  # fmt: skip
+    items = read_prompts(path)
+    assert [(i.prompt, i.seed, i.negative_prompt) for i in items] == [("a red ball", 7, "blue"), ("", None, None)]
+    configs = plan(items, [0, 1], toy(), tmp_path / "out")
+    assert [(c.output.out_dir.name, c.prompt, c.seed, c.negative_prompt) for c in configs] == [
+        ("a_red_ball-s7", "a red ball", 7, "blue"), ("run-s0", "", 0, ""), ("run-s1", "", 1, "")]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"prompt": "a", "seeds": 3}\n', "p.jsonl:1: unknown keys ['seeds']"),
+        ('{"prompt": "a"}\n{"prompt": "b", \n', "p.jsonl:2 is not JSON"),
+        ('["a red ball"]\n', 'p.jsonl:1 must be an object with a "prompt"'),
+        ('{"prompt": "a", "seed": -1}\n', 'p.jsonl:1: "seed" must be a whole number'),
+        ('{"prompt": "a", "seed": 1.5}\n', 'p.jsonl:1: "seed" must be a whole number'),
+        ('{"prompt": 3}\n', '"prompt" must be a string'),
+    ],
+)
+def test_bad_jsonl_lines_are_named(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        read_prompts(write(tmp_path / "p.jsonl", text))
+    assert message in str(info.value)
+
+
+def test_two_lines_that_make_the_same_run_are_refused(tmp_path):
+    path = write(tmp_path / "p.txt", "a red ball\nA red ball!\n")
+    with pytest.raises(ConfigError) as info:
+        plan(read_prompts(path), [0], toy(), tmp_path / "out")
+    assert f"{path}:1 and {path}:2 both make the run a_red_ball-s0" in str(info.value)
+
+
+# ---------------------------------------------------------------- the command's bad input (no Ray started)
+
+
+def batch_cli(tmp_path, *args: str) -> int:
+    return main(["batch", "--out-dir", str(tmp_path / "out"), *args])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "none.txt does not exist; give a text file with one prompt per line"),
+        ("", "holds no prompts (blank lines and # comments are skipped)"),
+        ("# only a comment\n\n", "holds no prompts"),
+    ],
+)
+def test_missing_or_empty_prompt_file_exits_2(tmp_path, capsys, content, message):
+    path = tmp_path / "none.txt" if content is None else write(tmp_path / "empty.txt", content)
+    assert batch_cli(tmp_path, "--prompts-file", str(path), *TINY) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("splatdreamer: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_flag_exits_2_naming_it(tmp_path, capsys):
+    path = write(tmp_path / "p.txt", "a red ball\n")
+    with pytest.raises(SystemExit) as info:
+        batch_cli(tmp_path, "--prompts-file", str(path), "--no-such-flag", "3")
+    assert info.value.code == 2
+    assert "--no-such-flag" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seed", "3"], "--seed names one run; a batch takes --seeds instead"),
+        (["--output.out-dir", "x"], "--output.out-dir names one run; a batch takes --out-dir instead"),
+        (["--steps", "0"], "--steps must be positive, got 0"),
+        (["--seeds", "-1"], "--seeds must be whole numbers in [0, 9223372036854775806], got -1"),
+        (["--cpus-per-run", "0"], "--cpus-per-run must be positive, got 0"),
+        (["--address", "auto"], "--num-cpus sizes the local Ray instance"),
+    ],
+)
+def test_bad_settings_exit_2_before_anything_is_written(tmp_path, capsys, flags, message):
+    path = write(tmp_path / "p.txt", "a red ball\n")
+    assert batch_cli(tmp_path, "--prompts-file", str(path), *TINY, *flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_ray_batch_names_the_extra_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as where it is not installed
+    path = write(tmp_path / "p.txt", "a red ball\n")
+    assert batch_cli(tmp_path, "--prompts-file", str(path), *TINY) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "splatdreamer[ray]"' in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_from_splatdreamer_import_batch_gives_the_function():
+    code = ("import splatdreamer.batch\nfrom splatdreamer import batch, BatchItem, RunEntry\n"
+            "assert callable(batch) and batch.__module__ == 'splatdreamer.batch', batch\nprint('ok')")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- run folders, manifest, gallery
+
+
+def test_a_folder_with_other_settings_is_refused_unless_overwrite(tmp_path):
+    (run,) = plan([BatchItem("a red ball")], [0], toy(), tmp_path)
+    assert continue_or_start(run, overwrite=False) is run  # nothing there yet: a new run
+    save_json(run, run.output.out_dir / "config.json")
+    assert continue_or_start(run, overwrite=False).resume == run.output.out_dir  # the same settings: continue
+    longer = dataclasses.replace(run, steps=run.steps + 1)
+    with pytest.raises(ConfigError) as info:
+        continue_or_start(longer, overwrite=False)
+    assert "holds a run with other settings (--steps 300 there, 301 now)" in str(info.value)
+    assert "pass --overwrite to replace it" in str(info.value)
+    replaced = continue_or_start(longer, overwrite=True)
+    assert replaced.output.overwrite and replaced.resume is None and replaced.steps == 301
+
+
+def test_manifest_round_trips_and_the_gallery_links_relative_files(tmp_path):
+    for name in ("a_red_ball-s0/particle_0.ply", "a_red_ball-s0/particle_0.png", "a_red_ball-s0/particle_0.gif"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    entries = [
+        RunEntry("a_red_ball-s0", "a red ball", 0, "", status="done", seconds=12.3, files=["a_red_ball-s0/particle_0.ply"],
+                 previews=["a_red_ball-s0/particle_0.png"], turntables=["a_red_ball-s0/particle_0.gif"]),
+        RunEntry("a_b_c-s1", "a <b> & c", 1, "", status="failed", error="the prompt is <odd>"),
+    ]  # fmt: skip
+    write_manifest(tmp_path, entries)
+    assert read_manifest(tmp_path) == {e.name: e for e in entries}
+    assert [json.loads(line)["status"] for line in (tmp_path / MANIFEST).read_text().splitlines()] == ["done", "failed"]
+    write_gallery(tmp_path, entries)
+    page = (tmp_path / GALLERY).read_text()
+    assert "a red ball" in page and "a &lt;b&gt; &amp; c" in page and "the prompt is &lt;odd&gt;" in page
+    assert "seed 0 &middot; 12 s" in page and "1 of 2 runs done" in page
+    links = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert sorted(set(links)) == sorted(["a_red_ball-s0/particle_0.ply", "a_red_ball-s0/particle_0.png",
+                                         "a_red_ball-s0/particle_0.gif"])  # fmt: skip
+    assert all((tmp_path / link).is_file() for link in links)  # relative to the page
+    assert not list(tmp_path.glob(".*.tmp"))  # written through atomic_write
+
+
+def test_a_damaged_manifest_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    write(tmp_path / "out" / MANIFEST, '{"name": "a_red_ball-s0", "prompt"\n')
+    assert batch_cli(tmp_path, "--prompts-file", str(write(tmp_path / "p.txt", "a red ball\n")), *TINY) == 2
+    assert f"the manifest {tmp_path / 'out' / MANIFEST} cannot be read" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- whole batches on a local Ray instance
+
+
+@pytest.fixture
+def ray_env(monkeypatch):
+    """Ray's session files under a short temporary folder (its sockets' paths must stay under ~107 characters),
+    and workers at the driver's priority: Ray starts them at nice 15, which on a machine busy with other
+    jobs starves them (measured: 6 toy steps took 24 s instead of 2 s)."""
+    folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", folder)
+    monkeypatch.setenv("RAY_worker_niceness", "0")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    yield {**os.environ}
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def manifest(out: Path) -> dict[str, dict]:
+    return {e["name"]: e for e in map(json.loads, (out / MANIFEST).read_text().splitlines())}
+
+
+def run_files(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.glob("*-s*/**/*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_three_prompts_make_three_runs_and_a_rerun_does_nothing(tmp_path, ray_env, capsys):
+    prompts = write(tmp_path / "prompts.txt", "a red ball\n# skipped\na blue cube\n\na green cone\n")
+    out = tmp_path / "out"
+    assert main(["batch", "--prompts-file", str(prompts), "--out-dir", str(out), *TINY]) == 0
+    names = ["a_red_ball-s0", "a_blue_cube-s0", "a_green_cone-s0"]
+    entries = manifest(out)
+    assert list(entries) == names and {e["status"] for e in entries.values()} == {"done"}
+    for name in names:
+        assert entries[name]["files"] == [f"{name}/particle_0.ply"] and entries[name]["attempts"] == 1
+        assert load_ply(out / name / "particle_0.ply")["means"].shape == (128, 3)
+    page = (out / GALLERY).read_text()
+    assert all(p in page for p in ("a red ball", "a blue cube", "a green cone")) and "3 of 3 runs done" in page
+    text = capsys.readouterr().out
+    assert "batch of 3 runs" in text and "3 done, 0 failed" in text and "done a_blue_cube-s0 in" in text
+
+    before = run_files(out)
+    assert len(before) >= 3 * 5  # .ply .png .gif config.json metrics.jsonl checkpoint.pt per run
+    assert main(["batch", "--prompts-file", str(prompts), "--out-dir", str(out), *TINY]) == 0
+    assert run_files(out) == before  # nothing was run again: no finished file rewritten
+    assert "3 done, 0 failed" in capsys.readouterr().out
+    assert {e["attempts"] for e in manifest(out).values()} == {1}
+
+
+@pytest.mark.slow
+def test_an_empty_prompt_fails_alone_and_the_exit_code_says_so(tmp_path, ray_env, capsys):
+    prompts = write(tmp_path / "p.jsonl", '{"prompt": ""}\n{"prompt": "a red ball", "seed": 2}\n')
+    out = tmp_path / "out"
+    assert main(["batch", "--prompts-file", str(prompts), "--out-dir", str(out), *TINY]) == 1
+    entries = manifest(out)
+    assert entries["run-s0"]["status"] == "failed" and "the prompt is empty" in entries["run-s0"]["error"]
+    assert entries["run-s0"]["attempts"] == 1  # an error of the run itself is not retried
+    assert entries["a_red_ball-s2"]["status"] == "done"
+    assert load_ply(out / "a_red_ball-s2" / "particle_0.ply")["means"].shape == (128, 3)
+    text = capsys.readouterr().out
+    assert "1 done, 1 failed" in text and "failed runs:\n  run-s0: the prompt is empty" in text
+
+
+def start_batch(tmp_path: Path, env: dict, steps: int) -> tuple[subprocess.Popen, Path]:
+    """`splatdreamer batch` in its own process, as a user starts it, on one prompt of `steps` steps."""
+    prompts = write(tmp_path / "p.txt", "a red ball\n")
+    out = tmp_path / "out"
+    args = [str(Path(sys.executable).parent / "splatdreamer"), "batch", "--prompts-file", str(prompts), "--out-dir", str(out),
+            *TINY, "--steps", str(steps), "--output.checkpoint-every", "5"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, out
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, out: Path, timeout: float = 240) -> tuple[int, int]:
+    """(the worker's pid, the step of a checkpoint it saved) once the run has saved one after step 0."""
+    checkpoint = out / "a_red_ball-s0" / "checkpoint.pt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if checkpoint.exists() and (out / MANIFEST).exists():
+            pid = manifest(out)["a_red_ball-s0"]["pid"]
+            step = torch.load(checkpoint, weights_only=True)["step"]
+            if pid is not None and step > 0:
+                return pid, step
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no checkpoint in {timeout} s: {proc.communicate()}")
+
+
+def steps_in_metrics(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "a_red_ball-s0" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_continues_from_its_checkpoint(tmp_path, ray_env):
+    proc, out = start_batch(tmp_path, ray_env, steps=40)
+    pid, step = wait_for_checkpoint(proc, out)
+    os.kill(pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    entry = manifest(out)["a_red_ball-s0"]
+    assert entry["status"] == "done" and entry["attempts"] == 2 and entry["pid"] != pid
+    assert entry["resumed_from"] >= step > 0 and entry["resumed_from"] % 5 == 0  # from a checkpoint, not step 0
+    assert "continued from step" in stdout
+    assert steps_in_metrics(out) == list(range(1, 41))  # the steps after the checkpoint were run once more
+    assert load_ply(out / "a_red_ball-s0" / "particle_0.ply")["means"].shape[0] > 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_manifest_the_same_command_continues(tmp_path, ray_env):
+    proc, out = start_batch(tmp_path, ray_env, steps=40)
+    _, step = wait_for_checkpoint(proc, out)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "1 run(s) stopped" in stderr and "Run the same command again to continue them" in stderr
+    stopped = manifest(out)["a_red_ball-s0"]
+    assert stopped["status"] == "pending"
+    saved = torch.load(out / "a_red_ball-s0" / "checkpoint.pt", weights_only=True)["step"]
+    assert saved >= step and not (out / "a_red_ball-s0" / "particle_0.ply").exists()
+
+    proc, _ = start_batch(tmp_path, ray_env, steps=40)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    entry = manifest(out)["a_red_ball-s0"]
+    assert entry["status"] == "done" and entry["attempts"] == 2 and entry["resumed_from"] == saved
+    assert steps_in_metrics(out) == list(range(1, 41))
