@@ -331,7 +331,9 @@ def evaluate_images(config: ToyEvalConfig) -> str:
                 if scale != cfg_scale:
                     continue
                 for seed in config.seeds:
-                    prior = DiffusionPrior.from_pretrained(prior_dir)  # a fresh phi for every run
+                    prior = DiffusionPrior.from_pretrained(  # a fresh phi for every run, set up as --base says
+                        prior_dir, lora_rank=config.base.prior.lora_rank, camera_init=config.base.prior.camera_init
+                    )
                     run = im.ImageRunConfig(
                         mode=mode, cfg_scale=scale, particles=config.image_particles, steps=config.image_steps,
                         phi_lr=config.base.prior.phi_lr, phi_steps=config.base.prior.phi_steps, seed=seed,
