@@ -343,3 +343,24 @@ def test_image_particles_follow_the_prior(tmp_path):
         assert images.shape == (4, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
         labels = classify_colors(images)
         assert labels.count("red") >= 3, (mode, labels)
+
+
+def test_eval_colors_table_names_each_particles_closest_ball_per_seed_and_method():
+    from splatdreamer.toy.evaluate import Row, Score, colors_table
+
+    def score(variant, color_err=0.02):
+        return Score(iou=0.9, iou_outside=0.9, color_err=color_err, psnr=20.0, sat_excess=0.0, variant=variant)
+
+    rows = [
+        Row("a ball", "vsd-7.5", 0, [score(0), score(2), score(3), score(0)], 3, 1.0, None),
+        Row("a ball", "sds-7.5", 0, [score(0), score(0), score(3, color_err=0.3), score(1)], 2, 1.0, None),
+        Row("a ball", "vsd-7.5", 1, [score(1), score(1), score(1), score(1)], 1, 1.0, None),
+        Row("a red ball", "vsd-7.5", 0, [score(0)], 1, 1.0, None),  # one variant: no colour table
+    ]
+    assert colors_table(rows).splitlines() == [
+        "| a ball: seed | vsd-7.5 | sds-7.5 |",
+        "|---|---|---|",
+        "| 0 | r g b r | r r b* y |",
+        "| 1 | y y y y | – |",
+    ]
+    assert colors_table(rows[3:]) == ""

@@ -246,6 +246,29 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def colors_table(rows: list[Row]) -> str:
+    """For each prompt with several true variants (the colours of "a ball"): per seed and method, the closest
+    variant of each particle by its first letter (r g b r), `*` after an impure one. Empty if no such prompt."""
+    lines = []
+    for prompt in dict.fromkeys(r.prompt for r in rows):
+        names = [v.name for v in variants(prompt)]
+        if len(names) < 2:
+            continue
+        group = [r for r in rows if r.prompt == prompt]
+        methods = list(dict.fromkeys(r.method for r in group))
+        lines += [f"| {prompt}: seed | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        for seed in dict.fromkeys(r.seed for r in group):
+            cells = []
+            for method in methods:
+                run = next((r for r in group if r.seed == seed and r.method == method), None)
+                cells.append(
+                    "–" if run is None else " ".join(names[sc.variant][0] + ("" if sc.pure else "*") for sc in run.scores)
+                )
+            lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).strip()
+
+
 def picture(rows: list[Row], size: int) -> np.ndarray:
     """One row per prompt: the true variants, then each method's particles (front view, elevation 15), in
     columns aligned across prompts under a label band naming them. -> uint8 [H, W, 3]."""
@@ -293,6 +316,8 @@ def evaluate(config: ToyEvalConfig) -> list[Row]:
                 rows.append(run_one(config, prompt, method, seed))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = table(rows)
+    if colors := colors_table(rows):
+        text += "\n\nThe closest true variant of each particle (first letter; * after an impure one):\n\n" + colors
     print(text)
     if config.report is not None:
         with open(config.report, "a") as f:
