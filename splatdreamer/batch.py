@@ -198,8 +198,8 @@ def run_task(config: GenerateConfig, overwrite: bool, events=None, cpu_threads: 
     run_dir = Path(config.output.out_dir)
 
     def post(kind: str, **info) -> None:
-        if events is not None:
-            events.put((kind, run_dir.name, info))
+        if events is not None:  # posted without waiting: a task blocked on Ray gives its CPU slot to another
+            events.actor.put_nowait.remote((kind, run_dir.name, info))
 
     post("started", pid=os.getpid(), node=socket.gethostname(), time=time.time())
     start = time.perf_counter()

@@ -247,6 +247,11 @@ def test_three_prompts_make_three_runs_and_a_rerun_does_nothing(tmp_path, ray_en
     assert all(p in page for p in ("a red ball", "a blue cube", "a green cone")) and "3 of 3 runs done" in page
     text = capsys.readouterr().out
     assert "batch of 3 runs" in text and "3 done, 0 failed" in text and "done a_blue_cube-s0 in" in text
+    # 2 CPU slots, 1 per run: never 3 runs at once (a task that waited on Ray once gave its slot away, and the
+    # third run started beside the first two). Each run's span: from its start in a worker to its end.
+    spans = [(e["queued_seconds"], e["queued_seconds"] + e["seconds"]) for e in entries.values()]
+    assert all(start >= 0 and end > start for start, end in spans), spans
+    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) <= 2, spans
 
     before = run_files(out)
     assert len(before) >= 3 * 5  # .ply .png .gif config.json metrics.jsonl checkpoint.pt per run
