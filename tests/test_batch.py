@@ -281,7 +281,10 @@ def start_batch(tmp_path: Path, env: dict, steps: int) -> tuple[subprocess.Popen
     out = tmp_path / "out"
     args = [str(Path(sys.executable).parent / "splatdreamer"), "batch", "--prompts-file", str(prompts), "--out-dir", str(out),
             *TINY, "--steps", str(steps), "--output.checkpoint-every", "5"]  # fmt: skip
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C must reach it even when pytest runs as a background job (CI), whose shell ignores SIGINT: an
+    # ignored SIGINT is inherited, and Python then installs no KeyboardInterrupt handler.
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     return proc, out
 
 
