@@ -111,11 +111,11 @@ def test_dataset_shapes_labels_and_cache(tmp_path):
 
 
 def test_unconditional_examples_show_every_object_equally_often(tmp_path):
-    """Guidance weighs samples by p(x | y) / p(x): a colour of "a ball" that is commoner under p(x) (red, shared
-    with "a red ball") would be suppressed. The empty-prompt draws give each distinct object the same share."""
+    """Guidance weighs samples by p(x | y) / p(x): an object commoner under p(x) (each ball, shared between
+    "a ball" and its own prompt) would be suppressed. The empty-prompt draws give each distinct object the same share."""
     data = load_or_render(ToyDataConfig(views_per_prompt=8, resolution=16, seed=3), tmp_path)
     names = object_names(data)
-    assert names.count("red ball") == 8 + 2 and names.count("yellow ball") == 2  # uniform draws: 5 red per yellow
+    assert names.count("red ball") == 8 + 2 and names.count("blue cube") == 8  # uniform draws: 5 balls per 4 cubes
     weights = unconditional_weights(data)
     g = torch.Generator().manual_seed(0)
     uncond, cond = [], []

@@ -31,7 +31,7 @@ class ToyDataConfig:
     """What to render."""
 
     views_per_prompt: int = 600
-    """Renders per prompt; "a ball" spreads them evenly over its four colours (3000 images: ~5 min on 2 cores)."""
+    """Renders per prompt; "a ball" spreads them evenly over its four colours (4800 images: 1 min on 1 core)."""
     resolution: int = 32
     """Image side in pixels (the prior's resolution)."""
     seed: int = 0
@@ -151,10 +151,11 @@ def unconditional_weights(dataset: ToyDataset) -> Tensor:
     """[N] sampling weights under which every distinct object of the world is equally likely.
 
     The images trained on the empty prompt define p(x), and classifier-free guidance scales each sample by
-    (p(x | y) / p(x))^(w - 1). Drawn uniformly, p(x) holds five red balls for every yellow one ("a red ball"
-    adds 600 red balls to the 150 of "a ball"), so guiding "a ball" suppressed red: the old prior drew 26 of
-    32 "a ball" samples green at CFG 7.5. With each object equally likely under p(x), guidance treats the
-    four colours of "a ball" alike.
+    (p(x | y) / p(x))^(w - 1), so an object commoner under p(x) is suppressed. When "a red ball" was the only
+    single-colour ball prompt, uniform draws held five red balls for every yellow one and the first prior drew
+    26 of 32 "a ball" samples green at CFG 7.5. Drawn uniformly now, each ball colour would have 750 images
+    (600 of its own prompt, 150 of "a ball") against 600 of each other object; with each object equally likely
+    under p(x), guidance treats the four colours of "a ball" and the other objects alike.
     """
     names = object_names(dataset)
     counts = Counter(names)

@@ -42,7 +42,7 @@ from splatdreamer.io.ply import load_ply
 from splatdreamer.presets import toy
 from splatdreamer.preview import render_views
 from splatdreamer.render import render
-from splatdreamer.toy.objects import PROMPTS, variants
+from splatdreamer.toy.objects import EVAL_PROMPTS, variants
 
 DEFAULT_METHODS = ("vsd-7.5", "sds-7.5", "sds-100", "vsd-1", "sds-1")
 PURE_COLOR_ERROR = 0.1  # a particle is pure when its colour error against its closest true variant is below this
@@ -68,8 +68,8 @@ def parse_method(method: str) -> tuple[str, float]:
 class ToyEvalConfig:
     """Run VSD and SDS on the toy prompts, over seeds, and write one table."""
 
-    prompts: tuple[str, ...] = PROMPTS
-    """Prompts to evaluate (the toy world's)."""
+    prompts: tuple[str, ...] = EVAL_PROMPTS
+    """Prompts to evaluate: any of the toy world's; by default one of each shape and "a ball"."""
     methods: tuple[str, ...] = DEFAULT_METHODS
     """Objective and CFG as MODE-CFG: vsd-7.5 (ProlificDreamer), sds-100 (DreamFusion), sds-7.5, vsd-1, sds-1."""
     seeds: tuple[int, ...] = (0, 1, 2)

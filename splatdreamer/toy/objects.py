@@ -7,7 +7,8 @@ is built for). World up is -Y. Flat rather than round Gaussians keep the silhoue
 seen edge-on at the rim, a round Gaussian would stick out by two of its sigmas.
 
 One palette serves every prompt, so a colour word means one colour everywhere: "a red ball" is the red
-variant of the ambiguous "a ball", whose four variants are red, yellow, green and blue; the cube is the
+variant of the ambiguous "a ball", whose four variants are red, yellow, green and blue (each also has its own
+prompt); the cube is the
 same blue, the cone the same green. The text encoder can then learn "red" once from both prompts.
 """
 
@@ -32,7 +33,16 @@ PALETTE: dict[str, tuple[float, float, float]] = {
     "purple": (0.50, 0.20, 0.65),
 }
 BALL_COLORS = ("red", "yellow", "green", "blue")
-PROMPTS = ("a red ball", "a blue cube", "a green cone", "a two-tone cube", "a ball")
+# Every ball colour has its own prompt, so the word "ball" is seen with each colour equally often (750 images
+# each: 600 of "a <colour> ball" and 150 of "a ball"). With "a red ball" alone, "ball" went with red in 750 of
+# the 1,350 ball images and the prior's "a ball" leaned red (docs/benchmarks.md, "The second toy prior").
+PROMPTS = (
+    "a red ball", "a yellow ball", "a green ball", "a blue ball", "a blue cube", "a green cone", "a two-tone cube",
+    "a ball",
+)  # fmt: skip
+EVAL_PROMPTS = ("a red ball", "a blue cube", "a green cone", "a two-tone cube", "a ball")
+"""What `toy eval` scores by default: one of each shape and the ambiguous ball (the other single-colour balls
+differ from "a red ball" only in colour)."""
 
 SPACING = 0.035  # surface sample spacing; the Gaussians' in-surface sigma is 0.7 of it so neighbours overlap
 THICKNESS = 0.1  # sigma along the normal, relative to the in-surface sigma
@@ -168,7 +178,7 @@ def _cone(prompt: str, color: str) -> ToyObject:
 @cache
 def _registry() -> dict[str, tuple[ToyObject, ...]]:
     return {
-        "a red ball": (_ball("a red ball", "red"),),
+        **{f"a {c} ball": (_ball(f"a {c} ball", c),) for c in ("red", "yellow", "green", "blue")},
         "a blue cube": (_cube("a blue cube", "blue cube", "blue", "blue"),),
         "a green cone": (_cone("a green cone", "green"),),
         # Yellow sides, purple front/back/top/bottom: the front and side views disagree.
