@@ -45,22 +45,20 @@ def main() -> None:
     ap.add_argument("--noises", type=int, default=100)
     ap.add_argument("--prior", default="toy", help="prior directory whose scheduler sets abar_t (default: the toy prior)")
     args = ap.parse_args()
-    torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     scheduler = DDPMScheduler.from_pretrained(resolve_prior_name(args.prior), subfolder="scheduler")
     size = 32
     cameras = sample(args.views, DEFAULT_RANGES, size, size, torch.Generator().manual_seed(1))
     balls = variants("a ball")
     names = [b.name for b in balls]
+    # [views, 4, 3, H, W] in [-1, 1]: each view of the four balls, rendered once for every t.
+    x0 = torch.stack([torch.cat([render_views(b, cameras[v : v + 1]) for b in balls]) for v in range(args.views)])
+    x0 = x0 * 2 - 1
     print(f"| t | abar_t | {' | '.join(names)} | mean |")
     print("|---|---|" + "---|" * (len(names) + 1))
     for t in TIMESTEPS:
         abar = float(scheduler.alphas_cumprod[t])
-        per_view = []
-        for v in range(args.views):
-            x0 = torch.cat([render_views(b, cameras[v : v + 1]) for b in balls]) * 2 - 1  # [4, 3, H, W]
-            per_view.append(posterior_on_truth(x0, abar, args.noises, g))
-        p = torch.stack(per_view).mean(0)
+        p = torch.stack([posterior_on_truth(view, abar, args.noises, g) for view in x0]).mean(0)
         print(f"| {t} | {abar:.4f} | " + " | ".join(f"{x:.3f}" for x in p.tolist()) + f" | {p.mean():.3f} |")
 
 

@@ -8,8 +8,8 @@ seen edge-on at the rim, a round Gaussian would stick out by two of its sigmas.
 
 One palette serves every prompt, so a colour word means one colour everywhere: "a red ball" is the red
 variant of the ambiguous "a ball", whose four variants are red, yellow, green and blue (each also has its own
-prompt); the cube is the
-same blue, the cone the same green. The text encoder can then learn "red" once from both prompts.
+prompt); the cube is the same blue, the cone the same green. The text encoder can then learn "red" once from
+both prompts.
 """
 
 from __future__ import annotations
@@ -36,10 +36,7 @@ BALL_COLORS = ("red", "yellow", "green", "blue")
 # Every ball colour has its own prompt, so the word "ball" is seen with each colour equally often (750 images
 # each: 600 of "a <colour> ball" and 150 of "a ball"). With "a red ball" alone, "ball" went with red in 750 of
 # the 1,350 ball images and the prior's "a ball" leaned red (docs/benchmarks.md, "The second toy prior").
-PROMPTS = (
-    "a red ball", "a yellow ball", "a green ball", "a blue ball", "a blue cube", "a green cone", "a two-tone cube",
-    "a ball",
-)  # fmt: skip
+PROMPTS = (*(f"a {c} ball" for c in BALL_COLORS), "a blue cube", "a green cone", "a two-tone cube", "a ball")
 EVAL_PROMPTS = ("a red ball", "a blue cube", "a green cone", "a two-tone cube", "a ball")
 """What `toy eval` scores by default: one of each shape and the ambiguous ball (the other single-colour balls
 differ from "a red ball" only in colour)."""
@@ -178,7 +175,7 @@ def _cone(prompt: str, color: str) -> ToyObject:
 @cache
 def _registry() -> dict[str, tuple[ToyObject, ...]]:
     return {
-        **{f"a {c} ball": (_ball(f"a {c} ball", c),) for c in ("red", "yellow", "green", "blue")},
+        **{f"a {c} ball": (_ball(f"a {c} ball", c),) for c in BALL_COLORS},
         "a blue cube": (_cube("a blue cube", "blue cube", "blue", "blue"),),
         "a green cone": (_cone("a green cone", "green"),),
         # Yellow sides, purple front/back/top/bottom: the front and side views disagree.
