@@ -20,6 +20,7 @@ from torch import Tensor
 
 from splatdreamer.background import sample_background
 from splatdreamer.cameras import DEFAULT_RANGES, Cameras, sample
+from splatdreamer.errors import ConfigError
 from splatdreamer.render import render
 from splatdreamer.toy.objects import PROMPTS, ToyObject, variants
 
@@ -147,7 +148,7 @@ def object_names(dataset: ToyDataset) -> list[str]:
     return [variants(PROMPTS[p])[v].name for p, v in zip(dataset.prompt_index.tolist(), dataset.variant_index.tolist())]
 
 
-def unconditional_weights(dataset: ToyDataset) -> Tensor:
+def unconditional_weights(dataset: ToyDataset, object_scale: dict[str, float] | None = None) -> Tensor:
     """[N] sampling weights under which every distinct object of the world is equally likely.
 
     The images trained on the empty prompt define p(x), and classifier-free guidance scales each sample by
@@ -156,10 +157,34 @@ def unconditional_weights(dataset: ToyDataset) -> Tensor:
     26 of 32 "a ball" samples green at CFG 7.5. Drawn uniformly now, each ball colour would have 750 images
     (600 of its own prompt, 150 of "a ball") against 600 of each other object; with each object equally likely
     under p(x), guidance treats the four colours of "a ball" and the other objects alike.
+
+    That holds for clean images only. Colour is decided at high noise, where a blue ball and the blue cube
+    look alike, so there the blue cube adds to blue's share of p(x) and guidance suppresses blue balls.
+    `object_scale` multiplies chosen objects' shares (e.g. {"blue cube": 0.5}) to even that out; the
+    exact denoiser of the weighted dataset (`scripts/measure_guided_balance.py`) measures the effect.
     """
     names = object_names(dataset)
     counts = Counter(names)
-    return torch.tensor([1.0 / counts[name] for name in names], dtype=torch.float64)
+    scale = object_scale or {}
+    unknown = sorted(set(scale) - set(counts))
+    if unknown or any(not v > 0 for v in scale.values()):
+        raise ConfigError(
+            f"object_scale needs positive factors for objects of the toy world ({', '.join(sorted(counts))}); "
+            f"got {scale}"
+        )
+    return torch.tensor([scale.get(name, 1.0) / counts[name] for name in names], dtype=torch.float64)
+
+
+def conditional_weights(dataset: ToyDataset, prompt_scale: dict[str, float] | None = None) -> Tensor:
+    """[N] sampling weights of the conditional (captioned) examples: uniform over images, so every prompt has
+    the same share, times `prompt_scale` for chosen prompts (e.g. {"a ball": 3}: the ambiguous prompt must
+    learn a four-way split from a quarter of the examples per colour that the other prompts get)."""
+    scale = prompt_scale or {}
+    unknown = sorted(set(scale) - set(PROMPTS))
+    if unknown or any(not v > 0 for v in scale.values()):
+        raise ConfigError(f"prompt_scale needs positive factors for toy prompts ({', '.join(PROMPTS)}); got {scale}")
+    factor = torch.tensor([scale.get(p, 1.0) for p in PROMPTS], dtype=torch.float64)
+    return factor[dataset.prompt_index]
 
 
 def draw_batch(
@@ -168,13 +193,18 @@ def draw_batch(
     p_uncond: float,
     uncond_weights: Tensor,
     generator: torch.Generator | None = None,
+    cond_weights: Tensor | None = None,
 ) -> tuple[Tensor, list[str]]:
     """([B] image indices, [B] prompts) for one training step.
 
-    Conditional examples are drawn uniformly over the images (equal views per prompt); examples on the
-    empty prompt are drawn by `uncond_weights` (see `unconditional_weights`).
+    Conditional examples are drawn by `cond_weights` (see `conditional_weights`; None: uniformly over the
+    images, equal views per prompt); examples on the empty prompt by `uncond_weights` (see
+    `unconditional_weights`).
     """
-    index = torch.randint(0, len(dataset), (batch_size,), generator=generator)
+    if cond_weights is None:
+        index = torch.randint(0, len(dataset), (batch_size,), generator=generator)
+    else:
+        index = torch.multinomial(cond_weights, batch_size, replacement=True, generator=generator)
     prompts = training_prompts(dataset, index, p_uncond, generator)
     empty = torch.tensor([p == "" for p in prompts])
     if empty.any():

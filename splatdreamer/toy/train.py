@@ -19,8 +19,11 @@ import torch.nn.functional as F
 import tyro
 
 from splatdreamer.errors import ConfigError
-from splatdreamer.toy.data import ToyDataConfig, draw_batch, load_or_render, unconditional_weights
+from splatdreamer.toy.data import (
+    ToyDataConfig, conditional_weights, draw_batch, load_or_render, unconditional_weights,
+)  # fmt: skip
 from splatdreamer.toy.model import ToyModelConfig, ToyPriorParts, build, encode_prompts, save
+from splatdreamer.toy.objects import PROMPTS, variants
 
 
 @dataclass
@@ -51,6 +54,12 @@ class ToyTrainConfig:
     """Gradient norm clip."""
     p_uncond: float = 0.15
     """Probability of training on the empty prompt (classifier-free guidance; Ho & Salimans 2022 use 0.1-0.2)."""
+    prompt_scale: dict[str, float] = field(default_factory=dict)
+    """Extra weight of chosen prompts in the captioned draws, e.g. `--prompt-scale "a ball" 3` (default: every
+    prompt equally often)."""
+    uncond_object_scale: dict[str, float] = field(default_factory=dict)
+    """Factors on chosen objects' shares of the empty-prompt draws, e.g. `--uncond-object-scale "blue cube" 0.5`
+    (default: every object equally often; see `toy.data.unconditional_weights`)."""
     ema_decay: float = 0.999
     """EMA of the weights that gets saved; warmed up as min(decay, (1 + step) / (10 + step))."""
     save_every: int = 200
@@ -66,6 +75,13 @@ class ToyTrainConfig:
             raise ConfigError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
         if not 0.0 <= self.p_uncond < 1.0:
             raise ConfigError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
+        objects = sorted({v.name for p in PROMPTS for v in variants(p)})
+        for name, scale, known in (
+            ("prompt_scale", self.prompt_scale, PROMPTS), ("uncond_object_scale", self.uncond_object_scale, objects),
+        ):  # fmt: skip
+            bad = {k: v for k, v in scale.items() if k not in known or not v > 0}
+            if bad:
+                raise ConfigError(f"{name} takes positive factors for {', '.join(known)}; got {bad}")
         if self.data.resolution != self.model.resolution:
             raise ConfigError(
                 f"data.resolution ({self.data.resolution}) and model.resolution ({self.model.resolution}) differ; "
@@ -122,7 +138,8 @@ def train(config: ToyTrainConfig) -> TrainResult:
     data = load_or_render(config.data, config.data_dir)
     print(f"data: {len(data)} images of {config.data.resolution}px ({time.time() - start:.0f} s)", flush=True)
     images = data.images.float() / 127.5 - 1.0  # [N, 3, H, W] in [-1, 1]
-    uncond_weights = unconditional_weights(data)
+    uncond_weights = unconditional_weights(data, config.uncond_object_scale)
+    cond_weights = conditional_weights(data, config.prompt_scale) if config.prompt_scale else None
 
     parts = build(config.model, seed=config.seed)
     ema = ToyPriorParts(copy.deepcopy(parts.unet), copy.deepcopy(parts.text_encoder), parts.tokenizer, parts.scheduler)
@@ -140,7 +157,7 @@ def train(config: ToyTrainConfig) -> TrainResult:
     losses: list[float] = []
     t0 = time.time()
     for step in range(config.steps):
-        index, prompts = draw_batch(data, config.batch_size, config.p_uncond, uncond_weights, g)
+        index, prompts = draw_batch(data, config.batch_size, config.p_uncond, uncond_weights, g, cond_weights)
         loss = diffusion_loss(parts, images[index], prompts, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
