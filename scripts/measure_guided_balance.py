@@ -25,7 +25,7 @@ from diffusers import DDPMScheduler
 from splatdreamer.generate import resolve_prior_name
 from splatdreamer.toy.data import ToyDataConfig, load_or_render, unconditional_weights
 from splatdreamer.toy.exact import exact_eps, guided_samples
-from splatdreamer.toy.image_sampler import COLOR_NAMES, classify_colors
+from splatdreamer.toy.image_sampler import COLOR_NAMES, EMPTY, OTHER, classify_colors
 from splatdreamer.toy.objects import PROMPTS
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     abar = scheduler.alphas_cumprod
     mine = (data.prompt_index == PROMPTS.index(args.prompt)).nonzero()[:, 0]
     cond = exact_eps(images[mine], torch.ones(len(mine)), abar)
-    names = [*COLOR_NAMES, "other", "empty"]
+    names = [*COLOR_NAMES, OTHER, EMPTY]
     print(f"| empty-prompt scale | CFG | {' | '.join(names)} |")
     print("|---|---|" + "---|" * len(names))
     for text in args.scale:

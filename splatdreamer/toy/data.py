@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -148,6 +149,19 @@ def object_names(dataset: ToyDataset) -> list[str]:
     return [variants(PROMPTS[p])[v].name for p, v in zip(dataset.prompt_index.tolist(), dataset.variant_index.tolist())]
 
 
+def world_objects() -> list[str]:
+    """The distinct objects of the toy world, by name ("red ball", "blue cube", ...)."""
+    return sorted({v.name for prompt in PROMPTS for v in variants(prompt)})
+
+
+def check_scale(what: str, scale: dict[str, float], known: Sequence[str]) -> dict[str, float]:
+    """`scale` if every key is one of `known` and every factor positive, else a ConfigError naming `what`."""
+    bad = {k: v for k, v in scale.items() if k not in known or not v > 0}
+    if bad:
+        raise ConfigError(f"{what} takes positive factors for {', '.join(known)}; got {bad}")
+    return scale
+
+
 def unconditional_weights(dataset: ToyDataset, object_scale: dict[str, float] | None = None) -> Tensor:
     """[N] sampling weights under which every distinct object of the world is equally likely.
 
@@ -165,13 +179,7 @@ def unconditional_weights(dataset: ToyDataset, object_scale: dict[str, float] | 
     """
     names = object_names(dataset)
     counts = Counter(names)
-    scale = object_scale or {}
-    unknown = sorted(set(scale) - set(counts))
-    if unknown or any(not v > 0 for v in scale.values()):
-        raise ConfigError(
-            f"object_scale needs positive factors for objects of the toy world ({', '.join(sorted(counts))}); "
-            f"got {scale}"
-        )
+    scale = check_scale("object_scale", object_scale or {}, world_objects())
     return torch.tensor([scale.get(name, 1.0) / counts[name] for name in names], dtype=torch.float64)
 
 
@@ -179,10 +187,7 @@ def conditional_weights(dataset: ToyDataset, prompt_scale: dict[str, float] | No
     """[N] sampling weights of the conditional (captioned) examples: uniform over images, so every prompt has
     the same share, times `prompt_scale` for chosen prompts (e.g. {"a ball": 3}: the ambiguous prompt must
     learn a four-way split from a quarter of the examples per colour that the other prompts get)."""
-    scale = prompt_scale or {}
-    unknown = sorted(set(scale) - set(PROMPTS))
-    if unknown or any(not v > 0 for v in scale.values()):
-        raise ConfigError(f"prompt_scale needs positive factors for toy prompts ({', '.join(PROMPTS)}); got {scale}")
+    scale = check_scale("prompt_scale", prompt_scale or {}, PROMPTS)
     factor = torch.tensor([scale.get(p, 1.0) for p in PROMPTS], dtype=torch.float64)
     return factor[dataset.prompt_index]
 

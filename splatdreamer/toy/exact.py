@@ -21,6 +21,8 @@ import torch
 from diffusers import DDPMScheduler
 from torch import Tensor
 
+from splatdreamer.toy.sample import ancestral_sample
+
 Denoiser = Callable[[Tensor, int], Tensor]
 
 
@@ -41,7 +43,6 @@ def exact_eps(images: Tensor, weights: Tensor, alphas_cumprod: Tensor) -> Denois
     return eps
 
 
-@torch.no_grad()
 def guided_samples(
     cond: Denoiser,
     uncond: Denoiser,
@@ -51,13 +52,11 @@ def guided_samples(
     num_steps: int = 50,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """[B, C, H, W] samples in [0, 1]: ancestral DDPM on `num_steps` timesteps with
-    eps = uncond + w (cond - uncond), the sampler `toy.sample.sample_images` runs on the trained prior."""
-    scheduler = DDPMScheduler.from_config(scheduler.config)  # set_timesteps mutates it
-    scheduler.set_timesteps(num_steps)
-    x = torch.randn(shape, generator=generator)
-    for t in scheduler.timesteps:
+    """[B, C, H, W] samples in [0, 1] with eps = uncond + w (cond - uncond), by the ancestral sampler that
+    `toy.sample.sample_images` runs on the trained prior."""
+
+    def guided_eps(x: Tensor, t: Tensor) -> Tensor:
         e_u = uncond(x, int(t))
-        eps = e_u + guidance_scale * (cond(x, int(t)) - e_u)
-        x = scheduler.step(eps, t, x, generator=generator).prev_sample
-    return ((x + 1) / 2).clamp(0, 1)
+        return e_u + guidance_scale * (cond(x, int(t)) - e_u)
+
+    return ancestral_sample(guided_eps, scheduler, shape, num_steps, generator)

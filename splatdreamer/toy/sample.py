@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -39,16 +40,31 @@ def sample_images(
     """
     unet = parts.unet
     size = unet.config.sample_size
-    scheduler = DDPMScheduler.from_config(parts.scheduler.config)  # a fresh copy: set_timesteps mutates it
-    scheduler.set_timesteps(num_steps)
-    cond = encode_prompts(parts, prompts)
-    uncond = encode_prompts(parts, [""] * len(prompts))
-    context = torch.cat([cond, uncond])
-    x = torch.randn(len(prompts), unet.config.in_channels, size, size, generator=generator)
-    for t in scheduler.timesteps:
+    context = torch.cat([encode_prompts(parts, prompts), encode_prompts(parts, [""] * len(prompts))])
+
+    def guided_eps(x: Tensor, t: Tensor) -> Tensor:
         eps_cond, eps_uncond = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample.chunk(2)
-        eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-        x = scheduler.step(eps, t, x, generator=generator).prev_sample
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    shape = (len(prompts), unet.config.in_channels, size, size)
+    return ancestral_sample(guided_eps, parts.scheduler, shape, num_steps, generator)
+
+
+@torch.no_grad()
+def ancestral_sample(
+    eps: Callable[[Tensor, Tensor], Tensor],
+    scheduler: DDPMScheduler,
+    shape: tuple[int, ...],
+    num_steps: int = 50,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """[B, C, H, W] images in [0, 1] from DDPM's ancestral sampler (Ho et al. 2020, Alg. 2) on `num_steps` evenly
+    spaced timesteps of `scheduler`, starting from N(0, I) of `shape`; eps(x_t, t) is the (guided) noise estimate."""
+    scheduler = DDPMScheduler.from_config(scheduler.config)  # a fresh copy: set_timesteps mutates it
+    scheduler.set_timesteps(num_steps)
+    x = torch.randn(shape, generator=generator)
+    for t in scheduler.timesteps:
+        x = scheduler.step(eps(x, t), t, x, generator=generator).prev_sample
     return ((x + 1) / 2).clamp(0, 1)
 
 

@@ -20,10 +20,10 @@ import tyro
 
 from splatdreamer.errors import ConfigError
 from splatdreamer.toy.data import (
-    ToyDataConfig, conditional_weights, draw_batch, load_or_render, unconditional_weights,
+    ToyDataConfig, check_scale, conditional_weights, draw_batch, load_or_render, unconditional_weights, world_objects,
 )  # fmt: skip
 from splatdreamer.toy.model import ToyModelConfig, ToyPriorParts, build, encode_prompts, save
-from splatdreamer.toy.objects import PROMPTS, variants
+from splatdreamer.toy.objects import PROMPTS
 
 
 @dataclass
@@ -75,13 +75,8 @@ class ToyTrainConfig:
             raise ConfigError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
         if not 0.0 <= self.p_uncond < 1.0:
             raise ConfigError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
-        objects = sorted({v.name for p in PROMPTS for v in variants(p)})
-        for name, scale, known in (
-            ("prompt_scale", self.prompt_scale, PROMPTS), ("uncond_object_scale", self.uncond_object_scale, objects),
-        ):  # fmt: skip
-            bad = {k: v for k, v in scale.items() if k not in known or not v > 0}
-            if bad:
-                raise ConfigError(f"{name} takes positive factors for {', '.join(known)}; got {bad}")
+        check_scale("prompt_scale", self.prompt_scale, PROMPTS)
+        check_scale("uncond_object_scale", self.uncond_object_scale, world_objects())
         if self.data.resolution != self.model.resolution:
             raise ConfigError(
                 f"data.resolution ({self.data.resolution}) and model.resolution ({self.model.resolution}) differ; "
@@ -139,6 +134,7 @@ def train(config: ToyTrainConfig) -> TrainResult:
     print(f"data: {len(data)} images of {config.data.resolution}px ({time.time() - start:.0f} s)", flush=True)
     images = data.images.float() / 127.5 - 1.0  # [N, 3, H, W] in [-1, 1]
     uncond_weights = unconditional_weights(data, config.uncond_object_scale)
+    # None keeps the uniform draw (randint), so runs without --prompt-scale draw the batches they always drew.
     cond_weights = conditional_weights(data, config.prompt_scale) if config.prompt_scale else None
 
     parts = build(config.model, seed=config.seed)
