@@ -26,7 +26,7 @@ from splatdreamer.toy.objects import (
     BALL_COLORS, PALETTE, PROMPTS, ball_surface, cone_surface, cube_surface, quat_z_to, true_colors, variants,
 )  # fmt: skip
 from splatdreamer.toy.sample import check_prior
-from splatdreamer.toy.train import ToyTrainConfig, diffusion_loss, train
+from splatdreamer.toy.train import ToyTrainConfig, diffusion_loss, loss_weights, train
 
 SHIPPED = Path(__file__).resolve().parents[1] / "splatdreamer" / "toy" / "prior"
 TINY_MODEL = ToyModelConfig(resolution=16, block_out_channels=(16, 32), text_hidden_size=32, text_layers=1)
@@ -268,6 +268,45 @@ def test_a_short_training_run_lowers_the_loss(tmp_path):
         before = diffusion_loss(build(TINY_MODEL), images, data.prompts()[:32], torch.Generator().manual_seed(0))
         after = diffusion_loss(trained, images, data.prompts()[:32], torch.Generator().manual_seed(0))
     assert after < 0.7 * before
+
+
+def test_snr_plus_one_weighting_scales_each_example_by_its_capped_weight():
+    parts = build(TINY_MODEL, seed=0)
+    abar = parts.scheduler.alphas_cumprod
+    w = loss_weights(abar, torch.tensor([0, 500, 900, 999]), "snr+1", 20.0)
+    assert w[0] == pytest.approx(1.0, abs=1e-3) and w[1] == pytest.approx(1 / abar[500].item(), rel=1e-5)
+    assert w[2:].tolist() == [20.0, 20.0]  # 1 / abar passes the cap near t = 850 on the cosine schedule
+    assert loss_weights(abar, torch.tensor([0, 999]), "epsilon", 20.0).tolist() == [1.0, 1.0]
+    image = torch.rand(1, 3, 16, 16) * 2 - 1
+    seen = set()
+    with torch.no_grad():
+        for seed in range(6):  # same seed: the same t and noise, so the ratio is that example's weight
+            t = torch.randint(0, 1000, (1,), generator=torch.Generator().manual_seed(seed))
+            plain = diffusion_loss(parts, image, ["a ball"], torch.Generator().manual_seed(seed))
+            weighted = diffusion_loss(parts, image, ["a ball"], torch.Generator().manual_seed(seed), "snr+1", 5.0)
+            expected = min(1 / abar[t].item(), 5.0)
+            assert (weighted / plain).item() == pytest.approx(expected, rel=1e-4), (seed, t)
+            seen.add(round(expected, 3))
+    assert len(seen) > 1  # the seeds reached different weights
+
+
+def test_init_from_starts_at_the_given_prior(tmp_path):
+    data = ToyDataConfig(views_per_prompt=4, resolution=16)
+    common = dict(data_dir=tmp_path / "data", data=data, model=TINY_MODEL, batch_size=4, warmup_steps=1, log_every=1)
+    train(ToyTrainConfig(out_dir=tmp_path / "a", steps=3, seed=1, **common))
+    # lr 0: the weights cannot move, so the saved EMA is exactly the prior it started from, not seed 0's init.
+    train(ToyTrainConfig(out_dir=tmp_path / "b", steps=1, lr=0.0, init_from=tmp_path / "a", **common))
+    a, b, fresh = load(tmp_path / "a"), load(tmp_path / "b"), build(TINY_MODEL, seed=0)
+    for name, value in a.unet.state_dict().items():
+        assert torch.equal(b.unet.state_dict()[name], value), name
+    assert not all(torch.equal(fresh.unet.state_dict()[n], v) for n, v in a.unet.state_dict().items())
+    for name, value in a.text_encoder.state_dict().items():
+        assert torch.equal(b.text_encoder.state_dict()[name], value), name
+    with pytest.raises(ConfigError, match="not a prior directory"):
+        ToyTrainConfig(init_from=tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="other model sizes"):
+        train(ToyTrainConfig(out_dir=tmp_path / "c", steps=1, init_from=tmp_path / "a", **{
+            **common, "model": dataclasses.replace(TINY_MODEL, block_out_channels=(16, 16))}))
 
 
 @pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="no shipped toy prior")

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from splatdreamer.errors import ConfigError
 from splatdreamer.toy.data import (
     ToyDataConfig, check_scale, conditional_weights, draw_batch, load_or_render, unconditional_weights, world_objects,
 )  # fmt: skip
-from splatdreamer.toy.model import ToyModelConfig, ToyPriorParts, build, encode_prompts, save
+from splatdreamer.toy.model import ToyModelConfig, ToyPriorParts, build, encode_prompts, load, save
 from splatdreamer.toy.objects import PROMPTS
 
 
@@ -60,6 +61,15 @@ class ToyTrainConfig:
     uncond_object_scale: dict[str, float] = field(default_factory=dict)
     """Factors on chosen objects' shares of the empty-prompt draws, e.g. `--uncond-object-scale "blue cube" 0.5`
     (default: every object equally often; see `toy.data.unconditional_weights`)."""
+    loss_weighting: Literal["epsilon", "snr+1"] = "epsilon"
+    """Per-timestep weight of the epsilon loss. "epsilon": 1 (Ho et al. 2020). "snr+1": 1 / abar_t, capped at
+    max_loss_weight, which weights the x0 error by SNR + 1 as v-prediction's loss does (Salimans & Ho 2022,
+    Sec. 4). The epsilon loss weights the x0 error by SNR alone, about 0.02 at t = 900 on the cosine schedule,
+    so the high-noise steps where the colour of "a ball" is decided barely count."""
+    max_loss_weight: float = 20.0
+    """Cap of the "snr+1" weight (1 / abar_t grows without bound as t nears 1000)."""
+    init_from: Path | None = None
+    """Start from the weights of this prior directory (same model sizes) instead of a fresh initialisation."""
     ema_decay: float = 0.999
     """EMA of the weights that gets saved; warmed up as min(decay, (1 + step) / (10 + step))."""
     save_every: int = 200
@@ -75,6 +85,13 @@ class ToyTrainConfig:
             raise ConfigError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
         if not 0.0 <= self.p_uncond < 1.0:
             raise ConfigError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
+        if self.max_loss_weight < 1.0:
+            raise ConfigError(f"max_loss_weight must be at least 1, got {self.max_loss_weight}")
+        if self.init_from is not None and not (Path(self.init_from) / "unet" / "config.json").exists():
+            raise ConfigError(
+                f"init_from {self.init_from} is not a prior directory (no unet/config.json); pass a directory "
+                "that `toy train` wrote, e.g. splatdreamer/toy/prior"
+            )
         check_scale("prompt_scale", self.prompt_scale, PROMPTS)
         check_scale("uncond_object_scale", self.uncond_object_scale, world_objects())
         if self.data.resolution != self.model.resolution:
@@ -101,14 +118,25 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def diffusion_loss(parts: ToyPriorParts, images: torch.Tensor, prompts: list[str], g: torch.Generator) -> torch.Tensor:
-    """Epsilon loss || eps - eps_theta(sqrt(abar) x + sqrt(1 - abar) eps, t, y) ||^2 for [B, 3, H, W] x in [-1, 1]."""
+def loss_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, weighting: str, cap: float) -> torch.Tensor:
+    """[B] weights of the epsilon loss at timesteps t (see ToyTrainConfig.loss_weighting)."""
+    if weighting == "epsilon":
+        return torch.ones(t.shape)
+    return (1.0 / alphas_cumprod[t].float()).clamp(max=cap)
+
+
+def diffusion_loss(
+    parts: ToyPriorParts, images: torch.Tensor, prompts: list[str], g: torch.Generator,
+    weighting: str = "epsilon", cap: float = 20.0,
+) -> torch.Tensor:  # fmt: skip
+    """Mean of w(t) || eps - eps_theta(sqrt(abar) x + sqrt(1 - abar) eps, t, y) ||^2 over [B, 3, H, W] x in [-1, 1]."""
     b = images.shape[0]
     t = torch.randint(0, parts.scheduler.config.num_train_timesteps, (b,), generator=g)
     noise = torch.randn(images.shape, generator=g)
     noisy = parts.scheduler.add_noise(images, noise, t)
     pred = parts.unet(noisy, t, encoder_hidden_states=encode_prompts(parts, prompts)).sample
-    return F.mse_loss(pred, noise)
+    per_example = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    return (loss_weights(parts.scheduler.alphas_cumprod, t, weighting, cap) * per_example).mean()
 
 
 def save_atomic(parts: ToyPriorParts, out_dir: Path, meta: dict) -> None:
@@ -138,6 +166,13 @@ def train(config: ToyTrainConfig) -> TrainResult:
     cond_weights = conditional_weights(data, config.prompt_scale) if config.prompt_scale else None
 
     parts = build(config.model, seed=config.seed)
+    if config.init_from is not None:
+        start_from = load(config.init_from)
+        try:
+            parts.unet.load_state_dict(start_from.unet.state_dict())
+            parts.text_encoder.load_state_dict(start_from.text_encoder.state_dict())
+        except RuntimeError as e:
+            raise ConfigError(f"init_from {config.init_from} has other model sizes than --model: {e}") from None
     ema = ToyPriorParts(copy.deepcopy(parts.unet), copy.deepcopy(parts.text_encoder), parts.tokenizer, parts.scheduler)
     trained = [*parts.unet.parameters(), *parts.text_encoder.parameters()]
     averaged = [*ema.unet.parameters(), *ema.text_encoder.parameters()]
@@ -154,7 +189,7 @@ def train(config: ToyTrainConfig) -> TrainResult:
     t0 = time.time()
     for step in range(config.steps):
         index, prompts = draw_batch(data, config.batch_size, config.p_uncond, uncond_weights, g, cond_weights)
-        loss = diffusion_loss(parts, images[index], prompts, g)
+        loss = diffusion_loss(parts, images[index], prompts, g, config.loss_weighting, config.max_loss_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
