@@ -63,6 +63,10 @@ class VSDConfig:
     cfg_scale: float | None = None
     """Classifier-free guidance of the pretrained score; None = 7.5 for vsd (official run.sh --scale 7.5) and 100 for
     sds (DreamFusion Sec. 3.2)."""
+    cfg_max_t: int | None = None
+    """Guide the pretrained score only at t <= this; above it the score is unguided (CFG 1), guidance in a limited
+    interval (Kynkäänniemi et al. 2024). None: guidance at every t, as the official code. High-noise guidance
+    decides little but which mode a sample takes, and there it sharpens the prior's leans (docs/benchmarks.md)."""
     t_min: int = 20
     """Smallest timestep (official t_range 0.02 of 1000)."""
     t_max: int = 980
@@ -232,6 +236,8 @@ class GenerateConfig:
                 "timesteps must satisfy 0 <= t_min < t_max_annealed <= t_max < 1000, got "
                 f"t_min={self.vsd.t_min}, t_max_annealed={self.vsd.t_max_annealed}, t_max={self.vsd.t_max}"
             )
+        if self.vsd.cfg_max_t is not None and self.vsd.cfg_max_t >= 1000:
+            raise ConfigError(f"--vsd.cfg-max-t must lie below 1000 (the last timestep is 999), got {self.vsd.cfg_max_t}")
         self.cameras.ranges()  # checks each range
         if not self.output.formats:
             raise ConfigError("--output.formats is empty; give at least one of ply, splat, ply_compressed")
@@ -355,6 +361,7 @@ BOUNDS: dict[str, Bound] = {
     "prior.phi_cfg_scale": NON_NEGATIVE,
     "vsd.cfg_scale": NON_NEGATIVE,
     "vsd.anneal_step": NON_NEGATIVE,
+    "vsd.cfg_max_t": NON_NEGATIVE,
     "vsd.views_per_particle": POSITIVE,
     "vsd.grad_clip": POSITIVE,
     "splats.num_init": POSITIVE,

@@ -335,6 +335,7 @@ class Generation:
             cfg_scale=cfg.vsd.guidance(),
             phi_cfg_scale=cfg.prior.phi_cfg_scale,
             grad_clip=cfg.vsd.grad_clip,
+            cfg_max_t=cfg.vsd.cfg_max_t,
             generator=self.gen_dev,
             timer=timer,
         )

@@ -95,6 +95,7 @@ def score_distillation(
     cfg_scale: float = 7.5,
     phi_cfg_scale: float = 1.0,
     grad_clip: float | None = None,
+    cfg_max_t: int | None = None,
     generator: torch.Generator | None = None,
     timer: Timer = NO_TIMER,
 ) -> Distillation:
@@ -110,6 +111,7 @@ def score_distillation(
     cfg_scale: guidance of eps_pretrained (official run.sh --scale 7.5 for VSD; DreamFusion SDS uses 100).
     phi_cfg_scale: guidance of eps_phi between camera and no camera (threestudio guidance_scale_lora 1.0).
     grad_clip: clamp each element of grad to +-grad_clip (threestudio grad_clip, off by default).
+    cfg_max_t: guide only the samples with t <= cfg_max_t; the others get CFG 1 (`VSDConfig.cfg_max_t`).
     generator: for the noise, on the latents' device.
     timer: times the pretrained and phi passes (`splatdreamer.timing`; the loop passes none).
     """
@@ -122,8 +124,9 @@ def score_distillation(
     with torch.no_grad():
         x_t = prior.add_noise(latents.detach(), noise, t)
         y_c = text.plain(b) if view_labels is None else text.for_views(view_labels)
+        scale = cfg_scale if cfg_max_t is None else torch.where(t <= cfg_max_t, cfg_scale, 1.0)
         with timer.part("unet_cfg"):
-            eps_pretrained = prior.eps_pretrained(x_t, t, y_c, text.negative(b), cfg_scale)
+            eps_pretrained = prior.eps_pretrained(x_t, t, y_c, text.negative(b), scale)
         if mode == "vsd":
             with timer.part("phi_forward"):
                 eps_phi = prior.eps_phi(x_t, t, text.plain(b), camera, phi_cfg_scale)

@@ -25,7 +25,7 @@ from splatdreamer.toy.model import ToyModelConfig, build, build_tokenizer, encod
 from splatdreamer.toy.objects import (
     BALL_COLORS, PALETTE, PROMPTS, ball_surface, cone_surface, cube_surface, quat_z_to, true_colors, variants,
 )  # fmt: skip
-from splatdreamer.toy.sample import check_prior
+from splatdreamer.toy.sample import check_prior, sample_images
 from splatdreamer.toy.train import ToyTrainConfig, diffusion_loss, loss_weights, train
 
 SHIPPED = Path(__file__).resolve().parents[1] / "splatdreamer" / "toy" / "prior"
@@ -317,6 +317,18 @@ def test_shipped_prior_draws_each_prompt():
     assert all(r >= 0.25 for r in rates.values()) and sum(rates.values()) / len(rates) >= 0.5, (rates, report)
     ball = next(c for c in checks if c.prompt == "a ball")
     assert len(set(ball.nearest.tolist())) >= 2, ball.nearest  # the ambiguous prompt keeps several colours
+
+
+def test_guidance_max_t_limits_guidance_to_the_low_noise_steps():
+    parts = build(TINY_MODEL, seed=0)
+
+    def draw(scale, max_t=None):
+        return sample_images(parts, ["a ball"] * 2, 10, scale, torch.Generator().manual_seed(0), max_t)
+
+    guided, plain = draw(5.0), draw(1.0)
+    assert torch.equal(draw(5.0, 999), guided) and torch.equal(draw(5.0, -1), plain)
+    half = draw(5.0, 500)  # guided on the 6 steps at t <= 500 of 900, 800, ..., 0
+    assert (half - guided).abs().max() > 1e-4 and (half - plain).abs().max() > 1e-4
 
 
 def test_an_untrained_prior_fails_the_sample_check():

@@ -67,6 +67,17 @@ def test_sds_replaces_phi_by_the_sampled_noise(prior):
     torch.testing.assert_close(latents.grad, w * (eps_pre - out.noise) / 3, rtol=1e-5, atol=1e-8)
 
 
+def test_cfg_max_t_guides_only_the_samples_at_or_below_it(prior):
+    out, latents, t, text, _ = distill(prior, "sds", cfg_max_t=400)  # t = 50, 400, 900
+    x_t = prior.add_noise(latents.detach(), out.noise, t)
+    y, neg = text.for_views(LABELS), text.negative(3)
+    guided, unguided = prior.eps_pretrained(x_t, t, y, neg, 7.5), prior.eps_pretrained(x_t, t, y, neg, 1.0)
+    w = (1 - prior.alphas_cumprod[t]).view(-1, 1, 1, 1)
+    torch.testing.assert_close(out.grad[:2], (w * (guided - out.noise))[:2])
+    torch.testing.assert_close(out.grad[2:], (w * (unguided - out.noise))[2:])
+    assert (guided[2] - unguided[2]).abs().max() > 1e-3  # CFG changes that sample, so the test can tell
+
+
 def test_gradient_reaches_the_renders_through_the_vae(latent_prior):
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
     text = latent_prior.text_embeddings("a blue cube")

@@ -241,17 +241,20 @@ class DiffusionPrior:
     # ------------------------------------------------------------------------------------------- scores
     @torch.no_grad()
     def eps_pretrained(
-        self, x_t: Tensor, t: Tensor, text_cond: Tensor, text_uncond: Tensor, cfg_scale: float
+        self, x_t: Tensor, t: Tensor, text_cond: Tensor, text_uncond: Tensor, cfg_scale: float | Tensor
     ) -> Tensor:
         """Epsilon of the frozen model with classifier-free guidance: eps_u + s (eps_c - eps_u).
 
-        x_t [B, C, h, w], t [B], text_cond / text_uncond [B, L, D] -> [B, C, h, w] fp32. One UNet call on 2B
-        samples in (uncond, cond) order (official nerf/sd.py:116-126); phi's adapter is off, no camera enters.
+        x_t [B, C, h, w], t [B], text_cond / text_uncond [B, L, D] -> [B, C, h, w] fp32; cfg_scale a float or
+        [B], one per sample. One UNet call on 2B samples in (uncond, cond) order (official nerf/sd.py:116-126);
+        phi's adapter is off, no camera enters.
         """
         b = x_t.shape[0]
         x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
         out = self._run(self.unet, x2, t2, torch.cat([text_uncond, text_cond]))
         eps_u, eps_c = to_epsilon(out, x2, t2, self.prediction_type, self.alphas_cumprod).split(b)
+        if isinstance(cfg_scale, Tensor):
+            cfg_scale = cfg_scale.to(eps_u).view(-1, *([1] * (eps_u.ndim - 1)))
         return eps_u + cfg_scale * (eps_c - eps_u)
 
     @torch.no_grad()

@@ -342,7 +342,10 @@ def evaluate_images(config: ToyEvalConfig) -> str:
     recognised = ["| CFG | " + " | ".join(config.prompts) + " |", "|---|" + "---|" * len(config.prompts)]
     counts, fits = [im.count_header()], [im.fit_header()]
     for cfg_scale in dict.fromkeys(parse_method(m)[1] for m in config.methods):
-        checks = check_prior(parts, per_prompt=n, guidance_scale=cfg_scale, seed=config.seeds[0], prompts=config.prompts)
+        checks = check_prior(
+            parts, per_prompt=n, guidance_scale=cfg_scale, seed=config.seeds[0], prompts=config.prompts,
+            guidance_max_t=config.base.vsd.cfg_max_t,
+        )  # fmt: skip
         checks = {c.prompt: c for c in checks}
         rates = [checks[p].recognised().float().mean().item() for p in config.prompts]
         recognised.append(f"| {cfg_scale:g} | " + " | ".join(f"{r:.0%}" for r in rates) + " |")
@@ -360,7 +363,8 @@ def evaluate_images(config: ToyEvalConfig) -> str:
                         prior_dir, lora_rank=config.base.prior.lora_rank, camera_init=config.base.prior.camera_init
                     )
                     run = im.ImageRunConfig(
-                        mode=mode, cfg_scale=scale, particles=config.image_particles, steps=config.image_steps,
+                        mode=mode, cfg_scale=scale, cfg_max_t=config.base.vsd.cfg_max_t,
+                        particles=config.image_particles, steps=config.image_steps,
                         phi_lr=config.base.prior.phi_lr, phi_steps=config.base.prior.phi_steps, seed=seed,
                         init=config.image_init,
                     )  # fmt: skip

@@ -57,6 +57,7 @@ class ImageRunConfig:
 
     mode: vsd.Mode = "vsd"
     cfg_scale: float = 7.5
+    cfg_max_t: int | None = None  # guidance only at t <= this (VSDConfig.cfg_max_t)
     particles: int = 8
     steps: int = 400
     lr: float = 0.01  # Adam on pixels in [0, 1]; ~0.01 per step moves a pixel across the range in ~100 steps
@@ -106,7 +107,7 @@ def distill_images(prior: DiffusionPrior, prompt: str, config: ImageRunConfig) -
         t = schedule.sample_timesteps(k, step, gen_cpu).to(prior.device)
         out = vsd.score_distillation(
             prior, latents, t, text=text, view_labels=None, camera=camera, mode=config.mode,
-            cfg_scale=config.cfg_scale, generator=gen_dev,
+            cfg_scale=config.cfg_scale, cfg_max_t=config.cfg_max_t, generator=gen_dev,
         )  # fmt: skip
         opt.zero_grad(set_to_none=True)
         (out.loss * k).backward()  # each particle moves by its own score gradient, as in the 3D loop
