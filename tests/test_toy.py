@@ -351,6 +351,13 @@ def test_score_particle_is_perfect_on_the_truth_and_worse_when_moved_or_recolour
     with torch.no_grad():
         moved["means"] += torch.tensor([0.2, 0.0, 0.0])
     assert score_particle(moved, "a ball", 32).iou < 0.8
+    assert exact.size == 1.0
+
+    bigger = detached_copy(truth)
+    with torch.no_grad():
+        bigger["means"] *= 1.2
+        bigger["scales"] += math.log(1.2)
+    assert score_particle(bigger, "a ball", 32).size == pytest.approx(1.44, abs=0.08)  # area grows as length^2
 
     yellow = detached_copy(truth)
     with torch.no_grad():

@@ -6,6 +6,7 @@ object rendered from the same views:
 
     iou         silhouette IoU (alpha > 0.5), the paper's "does it have the right shape"
     iou outside the same over views the training cameras never took (from below and from high above)
+    size        silhouette area over the true object's (> 1: too big; IoU alone does not say which way it errs)
     color_err   mean absolute RGB error over pixels that are object in both images
     psnr        of the whole image (white background included)
     sat_excess  mean HSV saturation of the object's pixels minus the true object's (> 0: over-saturated)
@@ -110,6 +111,7 @@ class Score:
     psnr: float
     sat_excess: float
     variant: int  # index of the closest true variant
+    size: float = 1.0  # silhouette area over the truth's, all scoring views pooled (1: the right size)
 
     @property
     def pure(self) -> bool:
@@ -165,7 +167,8 @@ def score_particle(particle: torch.nn.ParameterDict, prompt: str, size: int) -> 
         psnr = 10 * math.log10(1.0 / max(mse, 1e-10))
         ours = saturation(rgb.permute(0, 2, 3, 1)[mask]).mean().item() if mask.any() else 0.0
         theirs = saturation(true_rgb.permute(0, 2, 3, 1)[true_mask]).mean().item()
-        score = Score(iou, iou_outside, color_err, psnr, ours - theirs, v)
+        size_ratio = (mask.sum() / true_mask.sum().clamp(min=1)).item()
+        score = Score(iou, iou_outside, color_err, psnr, ours - theirs, v, size_ratio)
         if best is None or score.color_err < best.color_err:
             best = score
     return best
@@ -228,9 +231,9 @@ def _stat(values: list[float], digits: int, sign: bool = False) -> str:
 def table(rows: list[Row]) -> str:
     """One line per (prompt, method): means over particles, then the mean and range over seeds."""
     lines = [
-        "| prompt | method | seeds | IoU | IoU outside | colour error | PSNR (dB) | saturation excess | pure | "
+        "| prompt | method | seeds | IoU | IoU outside | size | colour error | PSNR (dB) | saturation excess | pure | "
         "colours covered | loop seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for prompt, method in dict.fromkeys((r.prompt, r.method) for r in rows):
         group = [r for r in rows if r.prompt == prompt and r.method == method]
@@ -239,7 +242,7 @@ def table(rows: list[Row]) -> str:
         covered = _stat([float(r.colors_covered) for r in group], 2) + f" of {n_variants}" if n_variants > 1 else "–"
         lines.append(
             f"| {prompt} | {method} | {len(group)} | {_stat(per_seed('iou'), 3)} | {_stat(per_seed('iou_outside'), 3)} "
-            f"| {_stat(per_seed('color_err'), 3)} | {_stat(per_seed('psnr'), 1)} "
+            f"| {_stat(per_seed('size'), 2)} | {_stat(per_seed('color_err'), 3)} | {_stat(per_seed('psnr'), 1)} "
             f"| {_stat(per_seed('sat_excess'), 3, sign=True)} | {_stat(per_seed('pure'), 2)} | {covered} "
             f"| {sum(r.seconds for r in group) / len(group):.0f} |"
         )
