@@ -236,8 +236,6 @@ class GenerateConfig:
                 "timesteps must satisfy 0 <= t_min < t_max_annealed <= t_max < 1000, got "
                 f"t_min={self.vsd.t_min}, t_max_annealed={self.vsd.t_max_annealed}, t_max={self.vsd.t_max}"
             )
-        if self.vsd.cfg_max_t is not None and self.vsd.cfg_max_t >= 1000:
-            raise ConfigError(f"--vsd.cfg-max-t must lie below 1000 (the last timestep is 999), got {self.vsd.cfg_max_t}")
         self.cameras.ranges()  # checks each range
         if not self.output.formats:
             raise ConfigError("--output.formats is empty; give at least one of ply, splat, ply_compressed")
@@ -361,7 +359,7 @@ BOUNDS: dict[str, Bound] = {
     "prior.phi_cfg_scale": NON_NEGATIVE,
     "vsd.cfg_scale": NON_NEGATIVE,
     "vsd.anneal_step": NON_NEGATIVE,
-    "vsd.cfg_max_t": NON_NEGATIVE,
+    "vsd.cfg_max_t": Bound(0, 999),  # timesteps run 0..999
     "vsd.views_per_particle": POSITIVE,
     "vsd.grad_clip": POSITIVE,
     "splats.num_init": POSITIVE,

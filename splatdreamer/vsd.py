@@ -32,6 +32,12 @@ def w(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
     return 1.0 - alphas_cumprod[t]
 
 
+def guidance_at(t: Tensor, cfg_scale: float, cfg_max_t: int | None) -> float | Tensor:
+    """The CFG scale at timesteps t: `cfg_scale` where t <= cfg_max_t (everywhere when it is None), 1 above
+    (guidance in a limited interval, `VSDConfig.cfg_max_t`); a float when no interval is set, else like t."""
+    return cfg_scale if cfg_max_t is None else torch.where(t <= cfg_max_t, cfg_scale, 1.0)
+
+
 @dataclass
 class TimestepSchedule:
     """t ~ U{t_min..t_max}, with t_max lowered to `t_max_annealed` from step `anneal_step` on (bounds inclusive)."""
@@ -124,9 +130,8 @@ def score_distillation(
     with torch.no_grad():
         x_t = prior.add_noise(latents.detach(), noise, t)
         y_c = text.plain(b) if view_labels is None else text.for_views(view_labels)
-        scale = cfg_scale if cfg_max_t is None else torch.where(t <= cfg_max_t, cfg_scale, 1.0)
         with timer.part("unet_cfg"):
-            eps_pretrained = prior.eps_pretrained(x_t, t, y_c, text.negative(b), scale)
+            eps_pretrained = prior.eps_pretrained(x_t, t, y_c, text.negative(b), guidance_at(t, cfg_scale, cfg_max_t))
         if mode == "vsd":
             with timer.part("phi_forward"):
                 eps_phi = prior.eps_phi(x_t, t, text.plain(b), camera, phi_cfg_scale)

@@ -34,7 +34,7 @@ def test_validate_rejects_bad_nested_values():
     config.vsd.t_max_annealed = 990
     with pytest.raises(ConfigError, match="t_max_annealed"):
         config.validate()
-    for bad, match in [(1000, "cfg-max-t must lie below 1000"), (-5, "cfg-max-t must be >= 0")]:
+    for bad, match in [(1000, r"--vsd.cfg-max-t must be in \[0, 999\], got 1000"), (-5, r"--vsd.cfg-max-t must be in \[0, 999\], got -5")]:
         config = GenerateConfig(prompt="a red ball")
         config.vsd.cfg_max_t = bad
         with pytest.raises(ConfigError, match=match):

@@ -14,6 +14,7 @@ from splatdreamer.toy import measure
 from splatdreamer.toy.data import render_views
 from splatdreamer.toy.model import ToyPriorParts, encode_prompts
 from splatdreamer.toy.objects import PROMPTS, true_colors, variants
+from splatdreamer.vsd import guidance_at
 
 # A sample passes when its silhouette overlaps some ground-truth view by this much and its colour is this
 # close (RGB distance in [0, 1]^3; the palette's closest pair, blue and purple, is 0.43 apart).
@@ -46,8 +47,7 @@ def sample_images(
 
     def guided_eps(x: Tensor, t: Tensor) -> Tensor:
         eps_cond, eps_uncond = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample.chunk(2)
-        scale = guidance_scale if guidance_max_t is None or int(t) <= guidance_max_t else 1.0
-        return eps_uncond + scale * (eps_cond - eps_uncond)
+        return eps_uncond + guidance_at(t, guidance_scale, guidance_max_t) * (eps_cond - eps_uncond)
 
     shape = (len(prompts), unet.config.in_channels, size, size)
     return ancestral_sample(guided_eps, parts.scheduler, shape, num_steps, generator)
