@@ -245,6 +245,22 @@ def test_measures_on_hand_made_images():
     )
 
 
+def test_size_ratio_is_one_for_the_truth_and_grows_with_the_object():
+    from splatdreamer.splats import detached_copy
+
+    cone = variants("a green cone")[0]
+    cameras = sample(48, DEFAULT_RANGES, 32, 32, torch.Generator().manual_seed(1))
+    references = measure.foreground(render_views(cone, cameras))
+    assert measure.size_ratio(references, references).mean().item() == pytest.approx(1.0)
+    bigger = detached_copy(cone.splats)
+    bigger["means"] = bigger["means"] * 1.25
+    bigger["scales"] = bigger["scales"] + math.log(1.25)
+    with torch.no_grad():
+        drawn = render(bigger, cameras, background=torch.ones(len(cameras), 3)).rgb.clamp(0, 1)
+    ratio = measure.size_ratio(measure.foreground(drawn), references).mean().item()
+    assert 1.25**2 * 0.9 < ratio < 1.25**2 * 1.1, ratio  # area grows with the square of the scale
+
+
 def test_train_config_rejects_mismatched_resolutions():
     with pytest.raises(ConfigError):
         ToyTrainConfig(data=ToyDataConfig(resolution=16), model=ToyModelConfig(resolution=32))

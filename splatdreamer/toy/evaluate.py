@@ -351,7 +351,10 @@ def evaluate_images(config: ToyEvalConfig) -> str:
         )  # fmt: skip
         checks = {c.prompt: c for c in checks}
         rates = [checks[p].recognised().float().mean().item() for p in config.prompts]
-        recognised.append(f"| {cfg_scale:g} | " + " | ".join(f"{r:.0%}" for r in rates) + " |")
+        sizes = [checks[p].size.mean().item() for p in config.prompts]
+        recognised.append(
+            f"| {cfg_scale:g} | " + " | ".join(f"{r:.0%}, size {s:.2f}" for r, s in zip(rates, sizes)) + " |"
+        )
         print(recognised[-1], flush=True)
         for prompt in config.prompts:
             labels = im.classify_colors(checks[prompt].images)
@@ -383,7 +386,8 @@ def evaluate_images(config: ToyEvalConfig) -> str:
                         config.out_dir / "image" / prompt_slug(prompt) / f"{method}-s{seed}.png",
                     )
     text = (
-        f"Share of the prior's {n} ancestral samples per prompt that `check_prior` recognises:\n\n"
+        f"Share of the prior's {n} ancestral samples per prompt that `check_prior` recognises, and their size "
+        "(mean foreground area over the truth's from the same camera distribution; 1: the right size):\n\n"
         + "\n".join(recognised)
         + "\n\nColours of the prior's samples and of the image particles:\n\n"
         + "\n".join(counts)

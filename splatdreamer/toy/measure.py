@@ -65,3 +65,13 @@ def best_iou(masks: Tensor, references: Tensor) -> Tensor:
     inter = a @ b.T
     union = a.sum(1, keepdim=True) + b.sum(1) - inter
     return (inter / union.clamp(min=1)).amax(dim=1)
+
+
+def size_ratio(masks: Tensor, references: Tensor) -> Tensor:
+    """[B, H, W] masks, [M, H, W] reference silhouettes -> [B] each mask's area over the references' mean area.
+
+    Sampled images have unknown cameras, so a single one is not compared with a view; averaged over samples
+    drawn from the same camera distribution as the references, the ratio says whether the prior draws the
+    object too big (> 1) or too small (< 1), which IoU alone does not.
+    """
+    return masks.flatten(1).float().sum(1) / references.flatten(1).float().sum(1).mean().clamp(min=1)

@@ -82,6 +82,7 @@ class PromptCheck:
     color_error: Tensor  # [S] colour distance to the truth inside the rim: of the mean colour for one-colour
     # objects, per foreground pixel for multi-coloured ones (their mean colour mixes the faces)
     nearest: Tensor  # [S] index into true_colors(prompt) of the sample's mean foreground colour
+    size: Tensor  # [S] foreground area over the ground-truth renders' mean area (`measure.size_ratio`)
 
     def recognised(self, min_iou: float = MIN_IOU, max_color_error: float = MAX_COLOR_ERROR) -> Tensor:
         """[S] bool: the sample is recognisably the object, its silhouette and its colours both match."""
@@ -128,6 +129,7 @@ def check_prior(
                 images=imgs,
                 background=background,
                 iou=measure.best_iou(mask, references),
+                size=measure.size_ratio(mask, references),
                 color_error=(pixel_error if multicolored else mean_error).nan_to_num(1.0),  # NaN: no foreground
                 nearest=nearest,
             )
