@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import CLIPTokenizer
 
 from splatdreamer.cameras import DEFAULT_RANGES, VIEW_LABELS, orbit, sample
@@ -418,6 +419,24 @@ def test_eval_runs_each_method_and_seed_and_reuses_only_identical_runs(tmp_path,
     assert again[0].scores == first[0].scores and again[1].seconds == first[1].seconds
     with pytest.raises(AssertionError, match="generated again"):  # another seed is another run
         ev.evaluate(dataclasses.replace(config, reuse=True, seeds=(2,), report=None, picture=None))
+
+
+def test_image_space_eval_reports_the_priors_samples_and_writes_the_particles(tmp_path):
+    from splatdreamer.toy.evaluate import ToyEvalConfig, evaluate_images
+
+    save(build(TINY_MODEL, seed=0), tmp_path / "prior")
+    config = ToyEvalConfig(
+        space="image", prompts=("a green cone",), methods=("vsd-7.5", "sds-7.5"), seeds=(0,), image_particles=2,
+        image_steps=2, ancestral_samples=3, out_dir=tmp_path / "eval",
+    )  # fmt: skip
+    config.base.prior.name = str(tmp_path / "prior")
+    text = evaluate_images(config)
+    (check,) = check_prior(load(tmp_path / "prior"), per_prompt=3, guidance_scale=7.5, prompts=("a green cone",))
+    row = f"| 7.5 | {check.recognised().float().mean().item():.0%}, size {check.size.mean().item():.2f} |"
+    assert row in text, text
+    for method in config.methods:
+        sheet = np.asarray(Image.open(tmp_path / "eval" / "image" / "a_green_cone" / f"{method}-s0.png"))
+        assert sheet.shape[1] > 2 * 16 and sheet.std() > 0  # both 16-px particles, not a blank picture
 
 
 def test_eval_methods_name_their_objective_and_cfg():
