@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +269,9 @@ def test_train_config_rejects_mismatched_resolutions():
         ToyTrainConfig(data=ToyDataConfig(resolution=16), model=ToyModelConfig(resolution=32))
 
 
-def test_a_short_training_run_lowers_the_loss(tmp_path):
+def test_a_short_training_run_lowers_the_loss(tmp_path, monkeypatch):
+    argv = ["splatdreamer", "toy", "train", "--uncond-object-scale", "blue cube", "0.5"]
+    monkeypatch.setattr(sys, "argv", argv)
     config = ToyTrainConfig(
         out_dir=tmp_path / "prior", data_dir=tmp_path / "data", data=ToyDataConfig(views_per_prompt=8, resolution=16),
         model=TINY_MODEL, steps=60, batch_size=16, warmup_steps=5, save_every=30, log_every=30, ema_decay=0.9,
@@ -278,6 +282,7 @@ def test_a_short_training_run_lowers_the_loss(tmp_path):
     trained = load(tmp_path / "prior")
     meta = json.loads((tmp_path / "prior" / "training.json").read_text())
     assert meta["step"] == 60 and not (tmp_path / "prior.tmp").exists()
+    assert shlex.split(meta["command"]) == argv  # quoted, so a prompt with spaces pastes back as typed
     # The saved (EMA) weights fit the data better than the initialisation on a fixed batch.
     data = load_or_render(config.data, config.data_dir)
     images = data.images[:32].float() / 127.5 - 1

@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -184,7 +185,7 @@ def train(config: ToyTrainConfig) -> TrainResult:
     n_params = sum(p.numel() for p in trained)
     print(f"model: {n_params / 1e6:.2f} M parameters, {config.steps} steps of batch {config.batch_size}", flush=True)
 
-    meta = {"command": " ".join(sys.argv), "config": asdict(config), "parameters": n_params}
+    meta = {"command": shlex.join(sys.argv), "config": asdict(config), "parameters": n_params}
     losses: list[float] = []
     t0 = time.time()
     for step in range(config.steps):
