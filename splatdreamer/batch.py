@@ -443,13 +443,18 @@ class _Driver:
                 task = ray.remote(run_task)
                 options = {"num_cpus": cpus_per_run, "num_gpus": gpus, "max_retries": self.max_retries,
                            "retry_exceptions": False}  # fmt: skip
+                # One submission time for the batch, taken before any task can start: every run's queued_seconds
+                # counts from the same moment, so the manifest's spans line up, and none is negative. Taken after
+                # each .remote(), a later run's wait counted from a later moment, and on a loaded machine the
+                # third run of two slots seemed to start 3 ms before the first had ended.
+                submitted = time.time()
                 for entry, run in todo:
+                    self.submitted[entry.name] = submitted
+                    entry.queued_seconds = entry.startup_seconds = None
                     ref = task.options(name=f"splatdreamer {entry.name}", **options).remote(
                         run, self.overwrite, self.events, threads
                     )
                     in_flight[ref] = entry
-                    self.submitted[entry.name] = time.time()
-                    entry.queued_seconds = entry.startup_seconds = None
             self._show()
             while in_flight:
                 ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0.5, fetch_local=False)
