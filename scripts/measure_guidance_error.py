@@ -17,18 +17,13 @@ from __future__ import annotations
 import argparse
 
 import torch
+from measure_guided_balance import parse_scale  # the sibling script's parser; scripts/ is on sys.path
 
 from splatdreamer.generate import resolve_prior_name
 from splatdreamer.toy.data import ToyDataConfig, load_or_render, unconditional_weights
 from splatdreamer.toy.exact import exact_eps
 from splatdreamer.toy.model import encode_prompts, load
 from splatdreamer.toy.objects import PROMPTS
-
-
-def parse_scale(text: str) -> dict[str, float]:
-    """'blue cube=0.5,red ball=1.3' -> {'blue cube': 0.5, 'red ball': 1.3}; '' -> {}."""
-    pairs = (p.partition("=") for p in text.split(",") if p.strip())
-    return {name.strip(): float(value) for name, _, value in pairs}
 
 
 def rgb(x0: torch.Tensor, mask: torch.Tensor) -> str:
@@ -67,7 +62,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for t in args.t:
         a = abar[t]
-        x = a.sqrt() * images[pick] + (1 - a).sqrt() * torch.randn(images[pick].shape, generator=g)
+        clean = images[pick]
+        x = a.sqrt() * clean + (1 - a).sqrt() * torch.randn(clean.shape, generator=g)
         net_c, net_u = parts.unet(torch.cat([x, x]), torch.tensor(t), encoder_hidden_states=context).sample.chunk(2)
         ex_c, ex_u = exact_cond(x, t), exact_uncond(x, t)
         eps = [net_c, net_u, net_u + w * (net_c - net_u), ex_c, ex_u, ex_u + w * (ex_c - ex_u)]
