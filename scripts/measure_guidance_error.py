@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from measure_guided_balance import parse_scale  # the sibling script's parser; scripts/ is on sys.path
+
+# the sibling script's parser (scripts/ is on sys.path when a script runs)
+from measure_guided_balance import parse_scale
 
 from splatdreamer.generate import resolve_prior_name
 from splatdreamer.toy.data import ToyDataConfig, load_or_render, unconditional_weights
