@@ -7,6 +7,7 @@ import json
 import math
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ from splatdreamer.toy.objects import (
     BALL_COLORS, PALETTE, PROMPTS, ball_surface, cone_surface, cube_surface, quat_z_to, true_colors, variants,
 )  # fmt: skip
 from splatdreamer.toy.sample import check_prior, sample_images
-from splatdreamer.toy.train import ToyTrainConfig, diffusion_loss, loss_weights, train
+from splatdreamer.toy import train as train_module
+from splatdreamer.toy.train import PosteriorTargets, ToyTrainConfig, diffusion_loss, loss_weights, train
 
 SHIPPED = Path(__file__).resolve().parents[1] / "splatdreamer" / "toy" / "prior"
 TINY_MODEL = ToyModelConfig(resolution=16, block_out_channels=(16, 32), text_hidden_size=32, text_layers=1)
@@ -310,6 +312,56 @@ def test_snr_plus_one_weighting_scales_each_example_by_its_capped_weight():
             assert (weighted / plain).item() == pytest.approx(expected, rel=1e-4), (seed, t)
             seen.add(round(expected, 3))
     assert len(seen) > 1  # the seeds reached different weights
+
+
+def test_posterior_targets_are_the_exact_denoiser_of_what_each_prompt_was_trained_on():
+    """The target of "a ball" is the exact denoiser of the ball images, of "a ball, front view" that of its front
+    views, of "" that of every image under the empty prompt's weights; it differs from the drawn noise where
+    the image is in doubt (high t) and is the drawn noise where it is not (low t)."""
+    data = render_dataset(ToyDataConfig(views_per_prompt=12, resolution=8))
+    images = data.images.float() / 127.5 - 1
+    weights = unconditional_weights(data, {"blue cube": 0.5, "red ball": 1.3})
+    targets = PosteriorTargets(data, images, weights)
+    abar = build(dataclasses.replace(TINY_MODEL, resolution=8)).scheduler.alphas_cumprod
+    ball = (data.prompt_index == PROMPTS.index("a ball")).nonzero()[:, 0]
+    labelled = [(p, i, data.labels[i]) for i, p in enumerate(data.prompts())]
+    count = Counter((p, l) for p, _, l in labelled)
+    prompt, label = next(k for k, n in count.items() if 3 <= n < 12)  # a proper subset of the prompt's images
+    view = torch.tensor([i for p, i, l in labelled if (p, l) == (prompt, label)])
+    cases = [("a ball", ball, torch.ones(len(ball))), (f"{prompt}, {label} view", view, torch.ones(len(view))),
+             ("", torch.arange(len(data)), weights)]  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    for prompt, index, w in cases:
+        x0 = images[index[:3]]
+        for step, differs in ((900, True), (5, False)):
+            t = torch.full((3,), step)
+            noise = torch.randn(x0.shape, generator=g)
+            noisy = torch.sqrt(abar[t])[:, None, None, None] * x0 + torch.sqrt(1 - abar[t])[:, None, None, None] * noise
+            got = targets.eps(noisy, t, [prompt] * 3, abar)
+            want = exact_eps(images[index], w, abar)(noisy, step)
+            assert torch.allclose(got, want, atol=1e-5), (prompt, step)
+            gap = (got - noise).abs().amax().item()
+            assert (gap > 0.05) if differs else (gap < 1e-3), (prompt, step, gap)
+    # A mixed batch gets each row's own reference set.
+    t = torch.tensor([900, 900])
+    noisy = torch.randn(2, 3, 8, 8, generator=g)
+    mixed = targets.eps(noisy, t, ["a ball", ""], abar)
+    assert torch.allclose(mixed[1:], targets.eps(noisy[1:], t[1:], [""], abar))
+    assert not torch.allclose(mixed[:1], targets.eps(noisy[:1], t[:1], [""], abar), atol=1e-3)
+
+
+def test_training_uses_the_posterior_target_only_when_asked(tmp_path, monkeypatch):
+    calls = []
+    real = train_module.PosteriorTargets.eps
+    monkeypatch.setattr(train_module.PosteriorTargets, "eps", lambda self, *a: calls.append(1) or real(self, *a))
+    common = dict(data_dir=tmp_path / "data", data=ToyDataConfig(views_per_prompt=4, resolution=16), model=TINY_MODEL,
+                  steps=3, batch_size=4, warmup_steps=1, log_every=1)  # fmt: skip
+    plain = train(ToyTrainConfig(out_dir=tmp_path / "a", **common))
+    assert calls == []
+    posterior = train(ToyTrainConfig(out_dir=tmp_path / "b", target="posterior", **common))
+    assert len(calls) == 3
+    assert plain.losses != posterior.losses  # same seed, same draws: only the target differs
+    assert json.loads((tmp_path / "b" / "training.json").read_text())["config"]["target"] == "posterior"
 
 
 def test_init_from_starts_at_the_given_prior(tmp_path):

@@ -26,6 +26,15 @@ from splatdreamer.toy.sample import ancestral_sample
 Denoiser = Callable[[Tensor, int], Tensor]
 
 
+def posterior_mean(x: Tensor, abar: Tensor, flat: Tensor, log_pi: Tensor, sq: Tensor | None = None) -> Tensor:
+    """[B, D] E[x0 | x_t] for [B, D] noisy x_t at [B] abar_t, under the mixture of the [N, D] images `flat` with
+    [N] log weights (float64 in, float64 out; `sq` is flat's [N] squared norms when precomputed)."""
+    sq = flat.pow(2).sum(1) if sq is None else sq
+    d2 = x.pow(2).sum(1, keepdim=True) - 2 * abar.sqrt()[:, None] * (x @ flat.T) + abar[:, None] * sq[None]  # [B, N]
+    w = torch.softmax(log_pi[None] - d2 / (2 * (1 - abar))[:, None], dim=1)
+    return w @ flat
+
+
 def exact_eps(images: Tensor, weights: Tensor, alphas_cumprod: Tensor) -> Denoiser:
     """The exact epsilon-predictor of the mixture of [N, C, H, W] images in [-1, 1] with [N] weights."""
     flat = images.flatten(1).double()
@@ -35,9 +44,7 @@ def exact_eps(images: Tensor, weights: Tensor, alphas_cumprod: Tensor) -> Denois
     def eps(x: Tensor, t: int) -> Tensor:
         abar = alphas_cumprod[int(t)].double()
         xf = x.flatten(1).double()
-        d2 = xf.pow(2).sum(1, keepdim=True) - 2 * abar.sqrt() * xf @ flat.T + abar * sq[None]  # [B, N]
-        w = torch.softmax(log_pi[None] - d2 / (2 * (1 - abar)), dim=1)
-        x0 = w @ flat
+        x0 = posterior_mean(xf, abar.expand(len(xf)), flat, log_pi, sq)
         return ((xf - abar.sqrt() * x0) / (1 - abar).sqrt()).view_as(x).to(x.dtype)
 
     return eps
