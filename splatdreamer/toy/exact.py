@@ -28,7 +28,7 @@ Denoiser = Callable[[Tensor, int], Tensor]
 
 def posterior_mean(x: Tensor, abar: Tensor, flat: Tensor, log_pi: Tensor, sq: Tensor | None = None) -> Tensor:
     """[B, D] E[x0 | x_t] for [B, D] noisy x_t at [B] abar_t, under the mixture of the [N, D] images `flat` with
-    [N] log weights (float64 in, float64 out; `sq` is flat's [N] squared norms when precomputed)."""
+    [N] log weights, in the dtype given (`sq`: flat's [N] squared norms, when precomputed)."""
     sq = flat.pow(2).sum(1) if sq is None else sq
     d2 = x.pow(2).sum(1, keepdim=True) - 2 * abar.sqrt()[:, None] * (x @ flat.T) + abar[:, None] * sq[None]  # [B, N]
     w = torch.softmax(log_pi[None] - d2 / (2 * (1 - abar))[:, None], dim=1)
