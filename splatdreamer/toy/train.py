@@ -146,7 +146,8 @@ class PosteriorTargets:
     (`scripts/measure_guidance_error.py`). The exact target E[eps | x_t, y] = (x_t - sqrt(abar) E[x0 | x_t, y]) /
     sqrt(1 - abar) has no such variance. Its reference set is what the prompt was trained on: the prompt's images
     for "a ball", those of one view label for "a ball, front view", and every image with the empty prompt's
-    weights for "".
+    weights for "". Measured on the seventh prior's recipe (docs/benchmarks.md, the eighth prior): it cut the
+    green error at t = 925 from -0.03 to -0.01, and "a ball" at CFG 7.5 went from 91 % red to a red/blue split.
     """
 
     def __init__(self, data: ToyDataset, images: Tensor, uncond_weights: Tensor) -> None:
