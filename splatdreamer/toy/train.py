@@ -22,6 +22,7 @@ import tyro
 from torch import Tensor
 
 from splatdreamer.errors import ConfigError
+from splatdreamer.prior.text import view_prompt
 from splatdreamer.toy.data import (
     ToyDataConfig, ToyDataset, check_scale, conditional_weights, draw_batch, load_or_render, unconditional_weights,
     world_objects,
@@ -160,7 +161,7 @@ class PosteriorTargets:
                 continue
             groups[prompt] = mine
             for label in sorted({labels[j] for j in mine.tolist()}):
-                groups[f"{prompt}, {label} view"] = mine[torch.tensor([labels[j] == label for j in mine.tolist()])]
+                groups[view_prompt(prompt, label)] = mine[torch.tensor([labels[j] == label for j in mine.tolist()])]
         self.groups: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         for key, index in groups.items():
             weights = uncond_weights[index] if key == "" else torch.ones(len(index))
