@@ -425,6 +425,45 @@ def test_bad_render_arguments_are_config_errors(kwargs, match):
         render(p, pinhole(8, 8, 10.0), backend="reference", **kwargs)
 
 
+def test_packed_gsplat_call_composites_the_background_itself(monkeypatch):
+    """gsplat 1.5.3 rejects per-camera backgrounds when packed (seen on an H100). A stand-in for gsplat with that
+    restriction, rendering with the reference rasterizer, must give the reference's images and gradients."""
+    import gsplat
+
+    from splatdreamer.render import gsplat_backend
+
+    calls = []
+
+    def gsplat_1_5_3(*, backgrounds, packed, render_mode, **kwargs):
+        assert render_mode == "RGB+ED"
+        calls.append(backgrounds)
+        assert not (packed and backgrounds is not None), "gsplat 1.5.3: [C, D] backgrounds fail when packed"
+        return reference.rasterization(backgrounds=backgrounds, packed=packed, **kwargs)
+
+    monkeypatch.setattr(gsplat, "rasterization", gsplat_1_5_3)
+    params = random_scene(300, sh_degree=1, seed=3)
+    view = orbit_views([0.0, 90.0, 200.0], width=24, height=20)
+    bg = torch.rand(3, 3, generator=torch.Generator().manual_seed(4))
+    up = torch.randn(3, 4, 20, 24, generator=torch.Generator().manual_seed(5))
+    results = []
+    for raster in (gsplat_backend.rasterization, reference.rasterization):
+        p = as_params(params)
+        a = S.activate(p)
+        colors, alphas, _ = raster(
+            a.means, a.quats, a.scales, a.opacities, a.sh, view.viewmats, view.Ks, 24, 20, sh_degree=1,
+            backgrounds=bg, packed=True,
+        )  # fmt: skip
+        ((colors * up.permute(0, 2, 3, 1)).sum() + alphas.sum()).backward()
+        results.append((colors, alphas, {k: v.grad for k, v in p.items()}))
+    assert calls == [None]
+    (colors, alphas, grads), (ref_colors, ref_alphas, ref_grads) = results
+    assert (ref_colors[..., :3] - bg[:, None, None]).abs().amax() > 0.1  # the background shows, and matters
+    torch.testing.assert_close(colors, ref_colors, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alphas, ref_alphas)
+    for key in grads:
+        torch.testing.assert_close(grads[key], ref_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
 @cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("packed", [False, True])

@@ -55,7 +55,12 @@ def rasterization(
     `[C, H, W, 1]` alphas and gsplat's `meta`. Same signature as `reference.rasterization`."""
     from gsplat import rasterization as gsplat_rasterization
 
-    return gsplat_rasterization(
+    # gsplat 1.5.3's packed path cannot take per-camera backgrounds: `rasterize_to_pixels` reads the image
+    # dimensions off means2d, which is [nnz, 2] when packed, and rejects a [C, D] background (seen on an H100,
+    # docs/benchmarks.md). The background enters a pixel as T·bg with T = 1 - alpha, so it is added here from the
+    # returned alphas: the same sum, with its gradient through alpha.
+    composite_here = packed and backgrounds is not None
+    colors_out, alphas, meta = gsplat_rasterization(
         means=means,
         quats=quats,
         scales=scales,
@@ -70,8 +75,12 @@ def rasterization(
         eps2d=eps2d,
         sh_degree=sh_degree,
         packed=packed,
-        backgrounds=backgrounds,
+        backgrounds=None if composite_here else backgrounds,
         render_mode="RGB+ED",
         absgrad=absgrad,
         rasterize_mode=rasterize_mode,
     )
+    if composite_here:
+        rgb = colors_out[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]
+        colors_out = torch.cat([rgb, colors_out[..., 3:]], dim=-1)
+    return colors_out, alphas, meta
