@@ -440,6 +440,19 @@ def test_score_particle_is_perfect_on_the_truth_and_worse_when_moved_or_recolour
     assert scored.variant == 1 and scored.iou == 1.0 and scored.color_err < 0.01  # now closest to the yellow ball
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_score_particle_scores_a_cuda_particle_as_its_cpu_copy():
+    """`toy eval` on a GPU once failed here: a CUDA particle against the CPU truth."""
+    from splatdreamer.splats import detached_copy
+    from splatdreamer.toy.evaluate import score_particle
+
+    moved = detached_copy(variants("a ball")[0].splats)
+    with torch.no_grad():
+        moved["means"] += torch.tensor([0.1, 0.05, 0.0])
+    assert score_particle(moved.cuda(), "a ball", 32) == score_particle(moved, "a ball", 32)
+
+
 def small_eval_base():
     from splatdreamer.presets import toy
 

@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from splatdreamer import cameras as cams
+from splatdreamer import splats as S
 from splatdreamer.config import GenerateConfig, load_json, prompt_slug, to_dict
 from splatdreamer.errors import ConfigError
 from splatdreamer.generate import CONFIG, METRICS, generate
@@ -152,6 +153,9 @@ def _iou(a: Tensor, b: Tensor) -> float:
 
 @torch.no_grad()
 def score_particle(particle: torch.nn.ParameterDict, prompt: str, size: int) -> Score:
+    # Scored on the CPU with the reference rasterizer wherever the particle was made (the truth is a CPU
+    # particle), so a GPU run and a CPU run of the same particle get the same numbers.
+    particle = S.detached_copy(particle).cpu()
     views, first_outside = scoring_views(size)
     white = torch.ones(len(views), 3)
     out = render(particle, views, white)
@@ -213,7 +217,7 @@ def run_one(config: ToyEvalConfig, prompt: str, method: str, seed: int) -> Row:
         particles = generate(gen).particles
     scores = [score_particle(p, prompt, config.size) for p in particles]
     front = cams.turntable(1, config.size, config.size, elevation=15.0)
-    images = torch.cat([render_views(p, front) for p in particles])
+    images = torch.cat([render_views(S.detached_copy(p).cpu(), front) for p in particles])
     seconds = loop_seconds(gen.output.out_dir)
     covered = len({s.variant for s in scores if s.pure})
     return Row(prompt, method, seed, scores, covered, seconds, images)
