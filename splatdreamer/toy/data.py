@@ -22,6 +22,7 @@ from torch import Tensor
 from splatdreamer.background import sample_background
 from splatdreamer.cameras import DEFAULT_RANGES, Cameras, sample
 from splatdreamer.errors import ConfigError
+from splatdreamer.prior.text import view_prompt
 from splatdreamer.render import render
 from splatdreamer.toy.objects import PROMPTS, ToyObject, variants
 
@@ -221,7 +222,8 @@ def training_prompts(
     dataset: ToyDataset, index: Tensor, p_uncond: float, generator: torch.Generator | None = None
 ) -> list[str]:
     """[B] prompts for the images `index`: "" with probability p_uncond (classifier-free guidance),
-    else the plain prompt or f"{prompt}, {label} view" with equal odds, the two forms the prior is asked.
+    else the plain prompt or its `view_prompt` ("a red ball, front view") with equal odds, the two forms the prior
+    is asked.
     """
     u = torch.rand(len(index), generator=generator).tolist()
     out = []
@@ -232,5 +234,5 @@ def training_prompts(
         elif ui < p_uncond + (1 - p_uncond) / 2:
             out.append(prompt)
         else:
-            out.append(f"{prompt}, {dataset.labels[i]} view")
+            out.append(view_prompt(prompt, dataset.labels[i]))
     return out

@@ -35,6 +35,11 @@ def posterior_mean(x: Tensor, abar: Tensor, flat: Tensor, log_pi: Tensor, sq: Te
     return w @ flat
 
 
+def eps_from_x0(x: Tensor, abar: Tensor, x0: Tensor) -> Tensor:
+    """[B, D] epsilon of noisy x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, given [B, D] x_t, [B] abar_t and x0."""
+    return (x - abar.sqrt()[:, None] * x0) / (1 - abar).sqrt()[:, None]
+
+
 def exact_eps(images: Tensor, weights: Tensor, alphas_cumprod: Tensor) -> Denoiser:
     """The exact epsilon-predictor of the mixture of [N, C, H, W] images in [-1, 1] with [N] weights."""
     flat = images.flatten(1).double()
@@ -44,8 +49,8 @@ def exact_eps(images: Tensor, weights: Tensor, alphas_cumprod: Tensor) -> Denois
     def eps(x: Tensor, t: int) -> Tensor:
         abar = alphas_cumprod[int(t)].double()
         xf = x.flatten(1).double()
-        x0 = posterior_mean(xf, abar.expand(len(xf)), flat, log_pi, sq)
-        return ((xf - abar.sqrt() * x0) / (1 - abar).sqrt()).view_as(x).to(x.dtype)
+        abar = abar.expand(len(xf))
+        return eps_from_x0(xf, abar, posterior_mean(xf, abar, flat, log_pi, sq)).view_as(x).to(x.dtype)
 
     return eps
 

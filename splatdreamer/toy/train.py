@@ -27,7 +27,7 @@ from splatdreamer.toy.data import (
     ToyDataConfig, ToyDataset, check_scale, conditional_weights, draw_batch, load_or_render, unconditional_weights,
     world_objects,
 )  # fmt: skip
-from splatdreamer.toy.exact import posterior_mean
+from splatdreamer.toy.exact import eps_from_x0, posterior_mean
 from splatdreamer.toy.model import ToyModelConfig, ToyPriorParts, build, encode_prompts, load, save
 from splatdreamer.toy.objects import PROMPTS
 
@@ -165,7 +165,7 @@ class PosteriorTargets:
         self.groups: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         for key, index in groups.items():
             weights = uncond_weights[index] if key == "" else torch.ones(len(index))
-            ref = flat[index]
+            ref = flat if key == "" else flat[index]  # the empty prompt's set is every image: no copy
             self.groups[key] = (ref, ref.pow(2).sum(1), weights.double().log())
 
     def eps(self, noisy: Tensor, t: Tensor, prompts: list[str], alphas_cumprod: Tensor) -> Tensor:
@@ -178,8 +178,7 @@ class PosteriorTargets:
             ref, sq, log_pi = self.groups[key]
             abar = alphas_cumprod[t[rows]].double()
             x = noisy[rows].flatten(1).double()
-            x0 = posterior_mean(x, abar, ref, log_pi, sq)
-            out[rows] = ((x - abar.sqrt()[:, None] * x0) / (1 - abar).sqrt()[:, None]).view(-1, *noisy.shape[1:])
+            out[rows] = eps_from_x0(x, abar, posterior_mean(x, abar, ref, log_pi, sq)).view(-1, *noisy.shape[1:])
         return out.to(noisy.dtype)
 
 
