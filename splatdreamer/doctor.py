@@ -33,7 +33,10 @@ def gsplat_kernels_status() -> str:
     built = Path(_get_build_directory("gsplat_cuda", verbose=False)) / "gsplat_cuda.so"
     if built.exists():
         return f"compiled ({built})"
-    return "not compiled yet: the first CUDA render builds them (2-15 minutes, once per machine)"
+    return (
+        "not compiled yet: the first CUDA render builds them (2-15 minutes, once per machine; faster with "
+        "TORCH_CUDA_ARCH_LIST set to this GPU's compute capability and MAX_JOBS to its core count)"
+    )
 
 
 def toy_prior_status() -> str:
