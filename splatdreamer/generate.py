@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import shutil
 import signal
 import threading
@@ -373,9 +374,22 @@ class Generation:
                     loss_phi = phi_loss.detach()
         # One synchronisation for everything logged and checked.
         finite = [all_finite(p) for p in self.particles]
-        loss_vsd, loss_phi, t_mean, grad_norm, *finite = torch.stack(
-            [out.loss.detach(), loss_phi, t.float().mean(), out.grad_norm, *finite]
+        loss_vsd, loss_phi, t_mean, grad_norm, nonfinite, *finite = torch.stack(
+            [out.loss.detach(), loss_phi, t.float().mean(), out.grad_norm, out.nonfinite, *finite]
         ).tolist()
+        # The score's nan_to_num keeps one bad value from poisoning the Gaussians; a score that is NaN everywhere
+        # (a prior with broken weights) or a phi whose loss went NaN would leave the particles still for the rest
+        # of the run while it reported success.
+        if nonfinite == 1.0:
+            raise NonFiniteError(
+                f"every value of the prior's score was NaN or inf at step {self.step}: the prior's weights are "
+                f"broken ({cfg.prior.name}); retrain or re-download it"
+            )
+        if not math.isfinite(loss_phi):
+            raise NonFiniteError(
+                f"phi's diffusion loss became {loss_phi} at step {self.step}; lower --prior.phi-lr, or check the "
+                f"prior's weights ({cfg.prior.name})"
+            )
         for k, ok in enumerate(finite):
             if not ok:
                 check_finite(self.particles[k], f"particle {k} at step {self.step}")  # names the parameter

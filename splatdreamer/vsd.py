@@ -77,6 +77,7 @@ class Distillation:
     t: Tensor  # [B] the timesteps used
     noise: Tensor  # [B, C, h, w] the eps of x_t = alpha_t x0 + sigma_t eps
     grad_norm: Tensor  # scalar: the batch mean of the per-sample L2 norm of `grad` (a scale diagnostic)
+    nonfinite: Tensor  # scalar: the share of entries of w(t) (eps_pretrained - eps_phi) that were NaN or inf
 
 
 def surrogate_loss(latents: Tensor, grad: Tensor) -> Tensor:
@@ -139,7 +140,9 @@ def score_distillation(
             eps_phi = noise
         weight = w(prior.alphas_cumprod, t).view(-1, *([1] * (latents.ndim - 1)))
         # nan_to_num as threestudio l.666-669: one NaN from a half-precision UNet must not poison the Gaussians.
-        grad = torch.nan_to_num(weight * (eps_pretrained - eps_phi))
+        raw = weight * (eps_pretrained - eps_phi)
+        nonfinite = (~torch.isfinite(raw)).float().mean()  # all of it: a broken prior or phi, not one bad value
+        grad = torch.nan_to_num(raw)
         if grad_clip is not None:
             grad = grad.clamp(-grad_clip, grad_clip)
     return Distillation(
@@ -148,4 +151,5 @@ def score_distillation(
         t=t,
         noise=noise,
         grad_norm=grad.flatten(1).norm(dim=1).mean(),
+        nonfinite=nonfinite,
     )

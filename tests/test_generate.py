@@ -122,6 +122,38 @@ def test_nan_loss_stops_with_a_checkpoint_and_no_ply(tiny_prior, tmp_path, monke
     assert len(resumed.files) == 2 and all(torch.isfinite(load_ply(p)["means"]).all() for p in resumed.files)
 
 
+def test_a_prior_with_nan_weights_stops_the_run_instead_of_leaving_the_particles_still(tiny_prior, tmp_path):
+    """The score's nan_to_num turned an all-NaN score into a zero gradient: the run reported success with
+    Gaussians that never moved (found by a hostile-input pass)."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from splatdreamer.errors import NonFiniteError
+
+    broken = tmp_path / "broken_prior"
+    shutil.copytree(tiny_prior, broken)
+    unet = UNet2DConditionModel.from_pretrained(broken / "unet")
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.fill_(float("nan"))
+    unet.save_pretrained(broken / "unet")
+    run_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=r"every value of the prior's score was NaN or inf at step 0"):
+        generate(tiny_config(broken, run_dir))
+    assert not list(run_dir.glob("*.ply"))
+
+
+def test_a_nan_phi_loss_stops_the_run(tiny_prior, tmp_path, monkeypatch):
+    from splatdreamer.errors import NonFiniteError
+    from splatdreamer.prior import DiffusionPrior
+
+    phi_loss = DiffusionPrior.phi_loss
+    monkeypatch.setattr(DiffusionPrior, "phi_loss", lambda self, *a, **k: phi_loss(self, *a, **k) * float("nan"))
+    with pytest.raises(NonFiniteError, match=r"phi's diffusion loss became nan at step 0; lower --prior.phi-lr"):
+        generate(tiny_config(tiny_prior, tmp_path / "run"))
+
+
 def test_nan_in_gaussians_stops_naming_them_and_keeps_the_last_checkpoint(tiny_prior, tmp_path):
     from splatdreamer.errors import NonFiniteError
 
