@@ -521,6 +521,31 @@ def test_eval_methods_name_their_objective_and_cfg():
     assert gen.output.out_dir == Path("runs/toy-eval/a_ball/sds-1/s2")
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"prompts": ("a unicorn",)}, "'a unicorn' is not a toy prompt; the toy prompts are a red ball"),
+        ({"seeds": ()}, "--seeds is empty"),
+        ({"methods": ()}, "--methods is empty"),
+        ({"prompts": ()}, "--prompts is empty"),
+        ({"size": 0}, "--size must be at least 1, got 0"),
+        ({"image_particles": 0, "space": "image"}, "--image-particles must be at least 1"),
+        ({"ancestral_samples": 0, "space": "image"}, "--ancestral-samples must be at least 1"),
+    ],
+)
+def test_eval_refuses_bad_settings_before_any_run(tmp_path, monkeypatch, change, message):
+    """Found by a hostile-input pass: these failed only after minutes of runs, or printed an empty table."""
+    from splatdreamer.toy import evaluate as ev
+
+    monkeypatch.setattr(ev, "generate", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr(ev, "evaluate_images", lambda *a, **k: pytest.fail("the 2D check started"))
+    config = ev.ToyEvalConfig(base=small_eval_base(), out_dir=tmp_path, report=tmp_path / "r.md")
+    config = dataclasses.replace(config, **change)
+    with pytest.raises(ConfigError, match=message):
+        ev.evaluate(config)
+    assert not list(tmp_path.iterdir())
+
+
 def test_purity_separates_true_colours_from_averages():
     from splatdreamer.splats import detached_copy, rgb_to_sh0
     from splatdreamer.toy.evaluate import score_particle

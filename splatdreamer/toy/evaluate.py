@@ -44,7 +44,7 @@ from splatdreamer.io.ply import load_ply
 from splatdreamer.presets import toy
 from splatdreamer.preview import render_views
 from splatdreamer.render import render
-from splatdreamer.toy.objects import EVAL_PROMPTS, variants
+from splatdreamer.toy.objects import EVAL_PROMPTS, PROMPTS, variants
 
 DEFAULT_METHODS = ("vsd-7.5", "sds-7.5", "sds-100", "vsd-1", "sds-1")
 PURE_COLOR_ERROR = 0.1  # a particle is pure when its colour error against its closest true variant is below this
@@ -309,10 +309,24 @@ def _command() -> str:
     return "splatdreamer toy eval " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["toy", "eval"] else "toy.evaluate"
 
 
-def evaluate(config: ToyEvalConfig) -> list[Row]:
-    """Run (or reuse) every prompt x method x seed, print and report the table; --space image runs `evaluate_images`."""
+def check_config(config: ToyEvalConfig) -> None:
+    """Refuse, before any run, what would fail or print an empty table only after minutes of runs."""
+    for name in ("prompts", "methods", "seeds"):
+        if not getattr(config, name):
+            raise ConfigError(f"--{name} is empty; give at least one")
     for method in config.methods:
         parse_method(method)
+    unknown = [p for p in config.prompts if p not in PROMPTS]
+    if unknown:
+        raise ConfigError(f"{unknown[0]!r} is not a toy prompt; the toy prompts are {', '.join(PROMPTS)}")
+    for name in ("size", "image_particles", "image_steps", "ancestral_samples"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+
+
+def evaluate(config: ToyEvalConfig) -> list[Row]:
+    """Run (or reuse) every prompt x method x seed, print and report the table; --space image runs `evaluate_images`."""
+    check_config(config)
     if config.space == "image":
         evaluate_images(config)
         return []
