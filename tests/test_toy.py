@@ -167,6 +167,32 @@ def test_prompt_and_object_scales_reweight_the_draws(tmp_path):
         unconditional_weights(data, {"purple ball": 1.0})
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"lr": float("nan")}, "--lr must be finite and at least 0, got nan"),
+        ({"lr": float("inf")}, "--lr must be finite and at least 0, got inf"),
+        ({"weight_decay": float("nan")}, "--weight-decay must be finite and at least 0"),
+        ({"grad_clip": -1.0}, "--grad-clip must be a positive finite number"),
+        ({"ema_decay": 2.0}, r"--ema-decay must be in \[0, 1\), got 2.0"),
+        ({"max_loss_weight": float("nan")}, "max_loss_weight must be at least 1"),
+        ({"warmup_steps": -5}, "--warmup-steps must be at least 0"),
+        ({"save_every": 0}, "--save-every must be at least 1"),
+        ({"log_every": 0}, "--log-every must be at least 1"),
+        ({"num_threads": 0}, "--num-threads must be at least 1"),
+        ({"data": ToyDataConfig(chunk=0)}, "--data.chunk must be at least 1"),
+        ({"model": ToyModelConfig(block_out_channels=())}, "--model.block-out-channels needs one or more"),
+        ({"model": ToyModelConfig(beta_schedule="bogus")}, "unknown --model.beta-schedule 'bogus'; choose one of"),
+    ],
+)
+def test_train_config_refuses_numbers_that_would_crash_or_save_nan_weights(change, message):
+    """Found by a hostile-input pass: each failed deep in torch or diffusers, or (lr inf) saved NaN weights."""
+    from splatdreamer.toy.train import ToyTrainConfig
+
+    with pytest.raises(ConfigError, match=message):
+        ToyTrainConfig(**change)
+
+
 def test_exact_denoiser_recovers_the_data_and_guidance_favours_what_the_empty_prompt_lacks():
     """The exact denoiser of a weighted image set samples its images in proportion to the weights, and under
     guidance an image rarer under the empty prompt's weights gains by (p(x | y) / p(x))^(w - 1)."""

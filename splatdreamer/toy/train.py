@@ -31,6 +31,9 @@ from splatdreamer.toy.exact import eps_from_x0, posterior_mean
 from splatdreamer.toy.model import ToyModelConfig, ToyPriorParts, build, encode_prompts, load, save
 from splatdreamer.toy.objects import PROMPTS
 
+# The schedules diffusers' DDPMScheduler implements in every version this project supports (>= 0.30).
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+
 
 @dataclass
 class ToyTrainConfig:
@@ -96,8 +99,33 @@ class ToyTrainConfig:
             raise ConfigError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
         if not 0.0 <= self.p_uncond < 1.0:
             raise ConfigError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
-        if self.max_loss_weight < 1.0:
+        if not self.max_loss_weight >= 1.0:  # NaN fails too
             raise ConfigError(f"max_loss_weight must be at least 1, got {self.max_loss_weight}")
+        # Each would otherwise fail deep in torch or diffusers, or (lr inf, ema_decay 2, grad_clip NaN) save a prior
+        # of NaN weights with exit 0.
+        numbers = {
+            "lr": (self.lr, 0 <= self.lr < math.inf, "finite and at least 0"),
+            "weight_decay": (self.weight_decay, 0 <= self.weight_decay < math.inf, "finite and at least 0"),
+            "grad_clip": (self.grad_clip, 0 < self.grad_clip < math.inf, "a positive finite number"),
+            "ema_decay": (self.ema_decay, 0 <= self.ema_decay < 1, "in [0, 1)"),
+            "warmup_steps": (self.warmup_steps, self.warmup_steps >= 0, "at least 0"),
+            "save_every": (self.save_every, self.save_every >= 1, "at least 1"),
+            "log_every": (self.log_every, self.log_every >= 1, "at least 1"),
+            "num_threads": (self.num_threads, self.num_threads >= 1, "at least 1"),
+            "data.chunk": (self.data.chunk, self.data.chunk >= 1, "at least 1"),
+            "data.views_per_prompt": (self.data.views_per_prompt, self.data.views_per_prompt >= 1, "at least 1"),
+        }
+        for name, (value, ok, rule) in numbers.items():
+            if not ok:
+                raise ConfigError(f"--{name.replace('_', '-')} must be {rule}, got {value}")
+        if not self.model.block_out_channels or min(self.model.block_out_channels) < 1:
+            raise ConfigError(
+                f"--model.block-out-channels needs one or more positive widths, got {self.model.block_out_channels}"
+            )
+        if self.model.beta_schedule not in BETA_SCHEDULES:
+            raise ConfigError(
+                f"unknown --model.beta-schedule {self.model.beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}"
+            )
         if self.init_from is not None and not (Path(self.init_from) / "unet" / "config.json").exists():
             raise ConfigError(
                 f"init_from {self.init_from} is not a prior directory (no unet/config.json); pass a directory "
