@@ -224,6 +224,22 @@ def test_bad_priors_each_get_one_clear_error(tmp_path, pixel_dir, latent_dir, mo
     (sample_pred / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
     with pytest.raises(PriorLoadError, match="predicts 'sample'; splatdreamer supports epsilon and v_prediction"):
         load(sample_pred)
+    # Damaged JSON of the right syntax and the wrong shape (found by a hostile-input pass: raw AttributeError,
+    # IndexError and TypeError from inside the check).
+    for name, file, text in [
+        ("index_list", "model_index.json", "[1, 2]"),
+        ("unet_config_list", "unet/config.json", "[]"),
+    ]:
+        target = broken(name)
+        (target / file).write_text(text)
+        with pytest.raises(PriorLoadError, match=f"{file} holds a JSON list, not an object: it is damaged" + ways_out):
+            load(target)
+    for value in ([], None, [None, None]):
+        target = broken(f"text_encoder_2_{len(value) if value else value}")
+        index = json.loads((target / "model_index.json").read_text())
+        index["text_encoder_2"] = value
+        (target / "model_index.json").write_text(json.dumps(index))
+        assert load(target).resolution == load(pixel_dir).resolution  # an absent component, however written
     with pytest.raises(ConfigError, match="LoRA rank"):
         load(pixel_dir, lora_rank=0)
 

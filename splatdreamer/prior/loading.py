@@ -63,9 +63,19 @@ def resolve(name: str | Path) -> Path:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PriorLoadError(f"cannot read {path}: {e}. {WAYS_OUT}") from None
+    if not isinstance(data, dict):
+        raise PriorLoadError(f"{path} holds a JSON {type(data).__name__}, not an object: it is damaged. {WAYS_OUT}")
+    return data
+
+
+def _names_component(index: dict, key: str) -> bool:
+    """Whether model_index.json names a `key` component: diffusers writes [library, class], and [null, null] or
+    no entry when there is none."""
+    entry = index.get(key)
+    return isinstance(entry, list) and bool(entry) and entry[0] is not None
 
 
 def _weights_variant(folder: Path) -> str | None:
@@ -107,7 +117,7 @@ def check(directory: Path, phi_base: bool = False) -> Layout:
     pipeline = index.get("_class_name", "unknown pipeline")
     # Components of other families (SDXL's second text encoder, DiT transformers, Kandinsky-style priors);
     # diffusers writes absent optional components as [null, null], which SD 1.x/2.x directories have.
-    if any(index.get(key, [None])[0] is not None for key in ("text_encoder_2", "transformer", "prior")):
+    if any(_names_component(index, key) for key in ("text_encoder_2", "transformer", "prior")):
         raise unsupported("splatdreamer needs a Stable Diffusion 1.x/2.x model (one UNet, one CLIP text encoder)")
 
     required = {"unet": "config.json", "text_encoder": "config.json", "scheduler": "scheduler_config.json"}
@@ -123,7 +133,7 @@ def check(directory: Path, phi_base: bool = False) -> Layout:
     has_vae = not phi_base and (directory / "vae").is_dir()
     if has_vae and not (directory / "vae" / "config.json").is_file():
         raise missing("vae/config.json")
-    if not phi_base and not has_vae and index.get("vae", [None])[0] is not None:
+    if not phi_base and not has_vae and _names_component(index, "vae"):
         raise missing("vae/ (model_index.json names one)")
 
     unet = _read_json(directory / "unet" / "config.json")
