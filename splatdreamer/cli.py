@@ -5,6 +5,7 @@ Every subcommand parses a dataclass with tyro, so each field's docstring is its 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import threading
@@ -272,11 +273,29 @@ def cmd_render(args: list[str]) -> None:
     cmd = tyro.cli(RenderCommand, args=args, prog="splatdreamer render")
     check_fields(cmd, RENDER_BOUNDS)  # before anything is read or written
     device = resolve_device(cmd.device)
+    if cmd.out is not None and (cmd.out.name in ("", ".", "..") or cmd.out.is_dir()):
+        raise ConfigError(
+            f"--out {cmd.out} is a folder; --out is a file stem, e.g. {cmd.out / 'turntable'} writes "
+            f"{cmd.out / 'turntable.png'} and {cmd.out / 'turntable.gif'}"
+        )
     splats = load_ply(cmd.file, requires_grad=False).to(device)
     stem = cmd.out or cmd.file.with_suffix("")
     backend = resolve_backend(cmd.backend, device)
-    sheet, gif = write_previews(splats, stem, cmd.size, cmd.frames, cmd.background, backend)
+    with _writing(stem):
+        sheet, gif = write_previews(splats, stem, cmd.size, cmd.frames, cmd.background, backend)
     print(f"wrote {sheet} and {gif}")
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """An output that cannot be written (a parent that is a file, no permission, a full disk) is one clear
+    error naming it, not a traceback from pathlib."""
+    try:
+        yield
+    except OSError as e:
+        blocked = next((a for a in Path(path).parents if a.exists() and not a.is_dir()), None)
+        why = f"{blocked} is a file, not a folder" if blocked is not None else (e.strerror or str(e))
+        raise ConfigError(f"cannot write {path}: {why}; choose another output") from None
 
 
 def cmd_convert(args: list[str]) -> None:
@@ -287,7 +306,9 @@ def cmd_convert(args: list[str]) -> None:
     if cmd.output.is_dir():
         raise ConfigError(f"the output {cmd.output} is a folder; give a file name such as {cmd.output / 'out.splat'}")
     splats = load_ply(cmd.input, requires_grad=False)
-    export(splats, cmd.output, format_from_path(cmd.output))
+    fmt = format_from_path(cmd.output)
+    with _writing(cmd.output):
+        export(splats, cmd.output, fmt)
     print(f"wrote {cmd.output}")
 
 

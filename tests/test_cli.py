@@ -148,6 +148,20 @@ def test_convert_refuses_a_folder_as_its_output(red_ball, tmp_path, capsys):
     assert f"the output {tmp_path} is a folder" in capsys.readouterr().err
 
 
+def test_outputs_that_cannot_be_written_are_one_clear_error(red_ball, tmp_path, capsys, monkeypatch):
+    """Found by a hostile-input pass: a parent that is a file, or `render --out .`, gave pathlib tracebacks."""
+    (tmp_path / "afile").write_text("hi")
+    blocked = tmp_path / "afile"
+    assert main(["convert", str(red_ball), str(blocked / "out.splat")]) == 2
+    assert f"cannot write {blocked / 'out.splat'}: {blocked} is a file, not a folder" in capsys.readouterr().err
+    assert main(["render", str(red_ball), "--out", str(blocked / "x"), "--frames", "2", "--size", "16"]) == 2
+    assert f"cannot write {blocked / 'x'}: {blocked} is a file, not a folder" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main(["render", str(red_ball), "--out", ".", "--frames", "2", "--size", "16"]) == 2
+    assert "--out . is a folder; --out is a file stem" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_version(capsys):
     import splatdreamer
 
