@@ -51,7 +51,8 @@ def splat_arrays(splats: torch.nn.ParameterDict) -> SplatArrays:
     base colour from sh0, sigmoid opacities. Gaussians holding a NaN or Inf are left out (a running
     generation may hold some for a step before it stops)."""
     t = {k: splats[k].detach().to("cpu", torch.float32) for k in DRAWN}
-    ok = torch.stack([torch.isfinite(v.reshape(v.shape[0], -1)).all(1) for v in t.values()]).all(0)
+    finite = [torch.isfinite(v).flatten(1).all(1) if v.ndim > 1 else torch.isfinite(v) for v in t.values()]
+    ok = torch.stack(finite).all(0)  # flatten(1), not reshape(N, -1): a particle may have no Gaussians left
     t = {k: v[ok] for k, v in t.items()}
     return SplatArrays(
         centers=t["means"].numpy(),
@@ -169,6 +170,9 @@ def view(path: Path, host: str = "127.0.0.1", port: int = 8080) -> Viewer:
 
     files = particle_files(Path(path))
     particles = [load_ply(f, requires_grad=False) for f in files]
+    for f, splats in zip(files, particles):
+        if len(splats["means"]) == 0:
+            raise ConfigError(f"{f} holds no Gaussians (its vertex count is 0); there is nothing to show")
     viewer = Viewer([f.name for f in files], host=host, port=port)
     for k, splats in enumerate(particles):
         viewer.show(k, splats)

@@ -32,6 +32,17 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def test_a_particle_without_gaussians_is_drawn_empty_and_a_file_without_any_is_refused(tmp_path):
+    """Found by a hostile-input pass: `view` of a valid 0-vertex .ply crashed in splat_arrays' reshape."""
+    ball = variants("a red ball")[0].splats
+    empty = torch.nn.ParameterDict({k: torch.nn.Parameter(v.detach()[:0].clone()) for k, v in ball.items()})
+    arrays = splat_arrays(empty)
+    assert arrays.centers.shape == (0, 3) and arrays.covariances.shape == (0, 3, 3) and arrays.opacities.shape == (0, 1)
+    save_ply(empty, tmp_path / "zero.ply")
+    with pytest.raises(ConfigError, match=r"zero.ply holds no Gaussians \(its vertex count is 0\)"):
+        view(tmp_path / "zero.ply", port=0)
+
+
 def test_splat_arrays_activate_a_rotated_gaussian():
     half = math.sqrt(0.5)
     splats = from_tensors(
