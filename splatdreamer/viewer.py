@@ -8,6 +8,7 @@ have (DESIGN.md, Conventions), so the orbit controls turn about the object's own
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -67,6 +68,23 @@ def _snapshot(splats: torch.nn.ParameterDict) -> dict[str, torch.Tensor]:
     return {k: splats[k].detach().to("cpu", torch.float32, copy=True) for k in DRAWN}
 
 
+def check_host(host: str) -> None:
+    """Refuse a host this machine cannot listen on. viser retries the next port on every OSError, so a bad
+    host (a typo, another machine's address) would otherwise hang without a word."""
+    if host == "":  # every interface, as 0.0.0.0
+        return
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)  # port 0: any free port, closed at once
+    except (OSError, UnicodeError) as e:
+        raise ConfigError(
+            f"cannot listen on host {host!r} ({getattr(e, 'strerror', None) or e}); give an address of this "
+            "machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every network interface)"
+        ) from None
+
+
 class Viewer:
     """A viser server showing a row of particles, with a selector, their facts and a status line.
 
@@ -79,6 +97,7 @@ class Viewer:
         if not names:
             raise ConfigError("nothing to show: no particles were given to the viewer")
         self.names = names
+        check_host(host)
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         self.server.scene.set_up_direction(UP)
         self.server.gui.configure_theme(show_share_button=False)  # sharing goes through viser's relay server

@@ -43,6 +43,16 @@ def test_a_particle_without_gaussians_is_drawn_empty_and_a_file_without_any_is_r
         view(tmp_path / "zero.ply", port=0)
 
 
+@pytest.mark.parametrize("host", ["999.1.1.1", "8.8.8.8"])
+def test_a_host_this_machine_cannot_listen_on_is_refused_at_once(tmp_path, host):
+    """Found by a hostile-input pass: viser retries the next port on any OSError, so `view --host 999.1.1.1`
+    hung without a word."""
+    red_ball_ply = tmp_path / "ball.ply"
+    save_ply(variants("a red ball")[0].splats, red_ball_ply)
+    with pytest.raises(ConfigError, match=f"cannot listen on host '{host}'.*give an address of this machine"):
+        view(red_ball_ply, host=host, port=8123)
+
+
 def test_splat_arrays_activate_a_rotated_gaussian():
     half = math.sqrt(0.5)
     splats = from_tensors(
