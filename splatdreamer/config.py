@@ -7,6 +7,7 @@ configs/prolificdreamer.yaml; the notes in ../shared/notes/vsd.md give file and 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -242,9 +243,13 @@ class GenerateConfig:
 
 
 def prompt_slug(prompt: str) -> str:
-    """'A red ball!' -> 'a_red_ball' (a folder name)."""
-    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")
-    return slug[:60] or "run"
+    """'A red ball!' -> 'a_red_ball' (a folder name). A prompt with letters outside ASCII, which the slug drops,
+    gets a short hash of the whole prompt, so '赤いボール' and '青いキューブ' do not share one folder."""
+    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:60]
+    if any(c.isalnum() and not c.isascii() for c in prompt):
+        digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+        return f"{slug}_{digest}" if slug else f"run_{digest}"
+    return slug or "run"
 
 
 def to_dict(config) -> dict:

@@ -91,6 +91,11 @@ def test_flags_override_the_preset_wherever_they_stand(tmp_path: Path, monkeypat
 def test_prompt_slug():
     assert prompt_slug("A red ball!") == "a_red_ball"
     assert prompt_slug("???") == "run"
+    # Letters the ASCII slug drops get a hash of the prompt: two Japanese prompts shared runs/run, and the
+    # advice to pass --output.overwrite would have deleted the first one's run (a hostile-input pass).
+    red, blue = prompt_slug("赤いボール"), prompt_slug("青いキューブ")
+    assert red.startswith("run_") and blue.startswith("run_") and red != blue and len(red) == 12
+    assert prompt_slug("a café") != prompt_slug("a caf") and prompt_slug("a café").startswith("a_caf_")
 
 
 def _number_fields(cls=GenerateConfig, prefix=""):
