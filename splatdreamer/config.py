@@ -404,6 +404,9 @@ def check_fields(config, bounds: dict[str, Bound] | None = None, prefix: str = "
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         name, value = prefix + f.name, getattr(config, f.name)
+        if isinstance(value, list) and _holds_tuple(hints[f.name]):
+            value = tuple(value)  # Python users write [1.6, 2.0]; the config (and its JSON round trip) holds tuples
+            setattr(config, f.name, value)
         _check_type(hints[f.name], value, name)
         if dataclasses.is_dataclass(value):
             check_fields(value, bounds, name + ".")
@@ -411,6 +414,13 @@ def check_fields(config, bounds: dict[str, Bound] | None = None, prefix: str = "
             for v in value if isinstance(value, tuple) else (value,):
                 if v not in bounds[name]:
                     raise ConfigError(f"{_flag(name)} must be {bounds[name].describe()}, got {value}")
+
+
+def _holds_tuple(hint) -> bool:
+    """Whether the annotation is a tuple or `tuple | None`."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_holds_tuple(a) for a in typing.get_args(hint))
+    return typing.get_origin(hint) is tuple
 
 
 def _flag(name: str) -> str:
@@ -437,7 +447,9 @@ def _check_type(hint, value, name: str) -> None:
             raise wrong(f"one of {', '.join(map(repr, args))}")
     elif origin is tuple:
         if not isinstance(value, tuple):
-            raise wrong(f"a tuple ({', '.join(getattr(a, '__name__', str(a)) for a in args)})")
+            if len(args) == 2 and args[1] is Ellipsis:
+                raise wrong("a tuple or list of values")
+            raise wrong(f"a tuple or list of {len(args)} values")
         if len(args) == 2 and args[1] is Ellipsis:
             args = (args[0],) * len(value)
         elif len(value) != len(args):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from splatdreamer.cli import _starting_config, main
-from splatdreamer.config import GenerateConfig, changed_fields, load_json, prompt_slug, save_json
+from splatdreamer.config import GenerateConfig, changed_fields, load_json, prompt_slug, save_json, to_dict
 from splatdreamer.errors import ConfigError
 from splatdreamer.presets import PRESETS
 
@@ -128,6 +128,16 @@ def test_every_float_setting_must_be_finite(value):
             config.validate()
 
 
+def test_lists_are_taken_where_a_setting_is_a_tuple():
+    """Python users write lists; a hostile-input pass found them refused as "(Literal, Ellipsis)"."""
+    config = GenerateConfig(prompt="a red ball")
+    config.cameras.radius = [1.6, 2.0]
+    config.output.formats = ["ply", "splat"]
+    config.validate()
+    assert config.cameras.radius == (1.6, 2.0) and config.output.formats == ("ply", "splat")
+    assert to_dict(config)["cameras"]["radius"] == [1.6, 2.0]
+
+
 @pytest.mark.parametrize(
     "name, value, match",
     [
@@ -144,6 +154,7 @@ def test_every_float_setting_must_be_finite(value):
         ("splats.init_opacity", 1.0, r"--splats.init-opacity must be in \(0, 0.999\], got 1.0"),
         ("splats.lr_means", 0.0, r"--splats.lr-means must be positive, got 0.0"),
         ("cameras.radius", (1.0,), r"--cameras.radius must be 2 values, got \(1.0,\)"),
+        ("cameras.radius", [1.0], r"--cameras.radius must be 2 values, got \(1.0,\)"),
         ("cameras.background", "pink", r"--cameras.background must be one of 'white', 'black', 'random', 'white_bl"),
         ("output.formats", "ply", r"--output.formats must be a tuple"),
         ("output.formats", ("ply", "obj"), r"--output.formats\[1\] must be one of 'ply', 'splat', 'ply_compressed'"),
