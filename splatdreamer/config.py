@@ -339,16 +339,17 @@ class Bound:
     low: float | None = None
     high: float | None = None
     open_low: bool = False  # low itself is excluded
+    open_high: bool = False  # high itself is excluded
 
     def __contains__(self, value: float) -> bool:
         if self.low is not None and (value <= self.low if self.open_low else value < self.low):
             return False
-        return self.high is None or value <= self.high
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
 
     def describe(self) -> str:
         if self.high is None:
             return "positive" if self.low == 0 and self.open_low else f">= {self.low}"
-        return f"in {'(' if self.open_low else '['}{self.low}, {self.high}]"
+        return f"in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
 
 
 POSITIVE, NON_NEGATIVE = Bound(0, open_low=True), Bound(0)
@@ -456,6 +457,12 @@ def _check_type(hint, value, name: str) -> None:
             raise wrong(f"{len(args)} values")
         for i, (a, v) in enumerate(zip(args, value)):
             _check_type(a, v, f"{name}[{i}]")
+    elif origin is dict:
+        if not isinstance(value, dict):
+            raise wrong("a mapping")
+        for k, v in value.items():
+            _check_type(args[0], k, f"{name} key")
+            _check_type(args[1], v, f"{name}[{k!r}]")
     elif hint is bool:
         if not isinstance(value, bool):
             raise wrong("true or false")

@@ -36,7 +36,9 @@ from torch import Tensor
 
 from splatdreamer import cameras as cams
 from splatdreamer import splats as S
-from splatdreamer.config import GenerateConfig, load_json, prompt_slug, to_dict
+from splatdreamer.config import (
+    BOUNDS, MAX_RESOLUTION, POSITIVE, Bound, GenerateConfig, check_fields, load_json, prompt_slug, to_dict,
+)  # fmt: skip
 from splatdreamer.errors import ConfigError
 from splatdreamer.generate import CONFIG, METRICS, generate
 from splatdreamer.io.images import contact_sheet, save_png
@@ -102,6 +104,18 @@ class ToyEvalConfig:
     reuse: bool = False
     """Score a run already in `out_dir` whose saved config is exactly this one instead of running it again
     (e.g. after running the prompts in parallel processes)."""
+
+
+# Ranges of `toy eval`'s numbers and of its base generation's (as `--base.*`), checked by `config.check_fields`
+# with every field's type and finiteness before any run.
+EVAL_BOUNDS: dict[str, Bound] = {
+    "seeds": BOUNDS["seed"],
+    "image_particles": POSITIVE,
+    "image_steps": POSITIVE,
+    "ancestral_samples": POSITIVE,
+    "size": Bound(0, MAX_RESOLUTION, open_low=True),
+    **{"base." + name: bound for name, bound in BOUNDS.items()},
+}
 
 
 @dataclass
@@ -311,6 +325,7 @@ def _command() -> str:
 
 def check_config(config: ToyEvalConfig) -> None:
     """Refuse, before any run, what would fail or print an empty table only after minutes of runs."""
+    check_fields(config, EVAL_BOUNDS)
     for name in ("prompts", "methods", "seeds"):
         if not getattr(config, name):
             raise ConfigError(f"--{name} is empty; give at least one")
@@ -319,9 +334,6 @@ def check_config(config: ToyEvalConfig) -> None:
     unknown = [p for p in config.prompts if p not in PROMPTS]
     if unknown:
         raise ConfigError(f"{unknown[0]!r} is not a toy prompt; the toy prompts are {', '.join(PROMPTS)}")
-    for name in ("size", "image_particles", "image_steps", "ancestral_samples"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
 
 
 def evaluate(config: ToyEvalConfig) -> list[Row]:

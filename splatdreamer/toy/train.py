@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import tyro
 from torch import Tensor
 
+from splatdreamer.config import BOUNDS, NON_NEGATIVE, POSITIVE, Bound, check_fields
 from splatdreamer.errors import ConfigError
 from splatdreamer.prior.text import view_prompt
 from splatdreamer.toy.data import (
@@ -33,6 +34,34 @@ from splatdreamer.toy.objects import PROMPTS
 
 # The schedules diffusers' DDPMScheduler implements in every version this project supports (>= 0.30).
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+
+# Ranges of `toy train`'s numbers, checked by `config.check_fields` with every field's type and finiteness.
+TRAIN_BOUNDS: dict[str, Bound] = {
+    "seed": BOUNDS["seed"],
+    "steps": POSITIVE,
+    "batch_size": POSITIVE,
+    "lr": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE,
+    "warmup_steps": NON_NEGATIVE,
+    "grad_clip": POSITIVE,
+    "p_uncond": Bound(0, 1, open_high=True),
+    "max_loss_weight": Bound(1),
+    "ema_decay": Bound(0, 1, open_high=True),
+    "save_every": POSITIVE,
+    "log_every": POSITIVE,
+    "num_threads": POSITIVE,
+    "data.views_per_prompt": POSITIVE,
+    "data.resolution": POSITIVE,
+    "data.seed": BOUNDS["seed"],
+    "data.chunk": POSITIVE,
+    "model.resolution": POSITIVE,
+    "model.block_out_channels": POSITIVE,
+    "model.layers_per_block": POSITIVE,
+    "model.attention_heads": POSITIVE,
+    "model.text_hidden_size": POSITIVE,
+    "model.text_layers": POSITIVE,
+    "model.max_length": POSITIVE,
+}
 
 
 @dataclass
@@ -95,33 +124,11 @@ class ToyTrainConfig:
     stall to >10 s per batch beside another busy process (every op waits for the descheduled thread)."""
 
     def __post_init__(self) -> None:
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ConfigError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
-        if not 0.0 <= self.p_uncond < 1.0:
-            raise ConfigError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
-        if not self.max_loss_weight >= 1.0:  # NaN fails too
-            raise ConfigError(f"max_loss_weight must be at least 1, got {self.max_loss_weight}")
-        # Each would otherwise fail deep in torch or diffusers, or (lr inf, ema_decay 2, grad_clip NaN) save a prior
-        # of NaN weights with exit 0.
-        numbers = {
-            "lr": (self.lr, 0 <= self.lr < math.inf, "finite and at least 0"),
-            "weight_decay": (self.weight_decay, 0 <= self.weight_decay < math.inf, "finite and at least 0"),
-            "grad_clip": (self.grad_clip, 0 < self.grad_clip < math.inf, "a positive finite number"),
-            "ema_decay": (self.ema_decay, 0 <= self.ema_decay < 1, "in [0, 1)"),
-            "warmup_steps": (self.warmup_steps, self.warmup_steps >= 0, "at least 0"),
-            "save_every": (self.save_every, self.save_every >= 1, "at least 1"),
-            "log_every": (self.log_every, self.log_every >= 1, "at least 1"),
-            "num_threads": (self.num_threads, self.num_threads >= 1, "at least 1"),
-            "data.chunk": (self.data.chunk, self.data.chunk >= 1, "at least 1"),
-            "data.views_per_prompt": (self.data.views_per_prompt, self.data.views_per_prompt >= 1, "at least 1"),
-        }
-        for name, (value, ok, rule) in numbers.items():
-            if not ok:
-                raise ConfigError(f"--{name.replace('_', '-')} must be {rule}, got {value}")
-        if not self.model.block_out_channels or min(self.model.block_out_channels) < 1:
-            raise ConfigError(
-                f"--model.block-out-channels needs one or more positive widths, got {self.model.block_out_channels}"
-            )
+        # Types, finiteness and TRAIN_BOUNDS first: each bad number would otherwise fail deep in torch or diffusers,
+        # or (lr inf, ema_decay 2, grad_clip NaN) save a prior of NaN weights with exit 0.
+        check_fields(self, TRAIN_BOUNDS)
+        if not self.model.block_out_channels:
+            raise ConfigError("--model.block-out-channels needs one or more positive widths, got ()")
         if self.model.beta_schedule not in BETA_SCHEDULES:
             raise ConfigError(
                 f"unknown --model.beta-schedule {self.model.beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}"
