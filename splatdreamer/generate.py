@@ -33,9 +33,11 @@ from splatdreamer.config import (
     GenerateConfig,
     changed_fields,
     check_fields,
+    from_dict,
     load_json,
     prompt_slug,
     save_json,
+    to_dict,
 )
 from splatdreamer.errors import (
     BackendUnavailableError,
@@ -422,6 +424,7 @@ class Generation:
             "rng_cpu": self.gen_cpu.get_state(),
             "rng_dev": self.gen_dev.get_state(),
             "num_threads": torch.get_num_threads(),  # CPU results are bit-exact only with the same count
+            "config": json.dumps(to_dict(self.config)),  # what the state belongs to (`_edited_since`)
         }
         atomic_save_torch(state, self.run_dir / CHECKPOINT)
         self.checkpoint_step = self.step
@@ -437,9 +440,27 @@ class Generation:
                 f"{path} is not a readable splatdreamer checkpoint ({reason}). Nothing in it was run. Delete it "
                 f"to start the run again from step 0 (--resume {self.run_dir}), or start a new run"
             ) from None
+
+        def unfit(e: Exception) -> CheckpointError:
+            return CheckpointError(
+                f"{path} does not fit this run ({type(e).__name__}: {str(e)[:200]}): it is damaged, or comes from "
+                f"another configuration. Delete it to start the run again from step 0 (--resume {self.run_dir})"
+            )
+
+        fails = (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError)
         try:
             if not isinstance(state, dict) or not isinstance(state["step"], int) or state["step"] < 0:
                 raise ValueError("no step count")
+            edited = _edited_since(state.get("config"), self.config)  # no record in checkpoints of earlier versions
+        except fails as e:
+            raise unfit(e) from None
+        if edited:  # before any state is loaded: a changed shape would fail there as "damaged"
+            raise CheckpointError(
+                f"{self.run_dir / CONFIG} was changed after {path} was saved: {'; '.join(edited)}. The checkpoint "
+                "holds the state of the run as it was; put those values back to continue it, or start a new run "
+                f"with --config {self.run_dir / CONFIG}"
+            )
+        try:
             self.step = state["step"]
             for opt, data in zip(self.optimizers, state["particles"], strict=True):
                 opt.load_state_dict(data)
@@ -450,11 +471,8 @@ class Generation:
             self.gen_cpu.set_state(state["rng_cpu"].cpu())
             self.gen_dev.set_state(state["rng_dev"])
             threads = state.get("num_threads", torch.get_num_threads())
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            raise CheckpointError(
-                f"{path} does not fit this run ({type(e).__name__}: {str(e)[:200]}): it is damaged, or comes from "
-                f"another configuration. Delete it to start the run again from step 0 (--resume {self.run_dir})"
-            ) from None
+        except fails as e:
+            raise unfit(e) from None
         self.checkpoint_step = self.step
         if self.device.type == "cpu" and threads != torch.get_num_threads():
             print(f"splatdreamer: note: the run used {threads} CPU threads and this process uses "
@@ -562,6 +580,28 @@ def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None
         return _run(folder, callback)
     finally:
         folder.lock.release()
+
+
+# Fields a resumed run may differ in from its checkpoint: the length (--steps), where it runs, and what it writes.
+_RESUMABLE_CHANGES = ("steps", "resume", "device", "output.")
+
+
+def _edited_since(saved: str | None, config: GenerateConfig) -> list[str]:
+    """'name: now X, the checkpoint's run had Y' for each field in which `config` differs from the config a
+    checkpoint was saved with (JSON in `saved`; None for a checkpoint older than that record), except those
+    a run may change on resume. A hand-edited config.json (a new SH degree, another prior) would otherwise
+    continue silently with the old state, or fail with a shape error deep in torch."""
+    if saved is None:
+        return []
+    then = from_dict(GenerateConfig, json.loads(saved))
+    changed = [n for n in changed_fields(config, then) if not n.startswith(_RESUMABLE_CHANGES)]
+    return [f"{n} is now {_get(config, n)!r}, the checkpoint's run had {_get(then, n)!r}" for n in changed]
+
+
+def _get(config, dotted: str):
+    for name in dotted.split("."):
+        config = getattr(config, name)
+    return config
 
 
 def _start(folder: _RunFolder) -> Generation:

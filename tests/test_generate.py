@@ -1,5 +1,6 @@
 """The whole loop on a tiny random prior: files, densification, resume, and bad input."""
 
+import copy
 import json
 import os
 import shutil
@@ -440,6 +441,30 @@ def test_a_bad_checkpoint_exits_2_naming_it_and_runs_nothing(finished_run, tmp_p
     assert "Delete it to start the run again from step 0" in err
     assert not (tmp_path / HOSTILE_MARKER).exists()
     assert not (run_dir / LOCK).exists()
+
+
+def test_resume_refuses_a_config_json_edited_after_the_checkpoint(finished_run, tmp_path, capsys):
+    """A hand-edited config.json used to continue silently with the old state (a new SH degree kept the old
+    coefficients). Output settings may change; anything the state depends on may not."""
+    run_dir = copy_run(finished_run, tmp_path)
+    config_path = run_dir / "config.json"
+    original = json.loads(config_path.read_text())
+    edited = copy.deepcopy(original)
+    edited["splats"]["sh_degree"] = (original["splats"]["sh_degree"] + 1) % 4
+    edited["seed"] = original["seed"] + 1
+    config_path.write_text(json.dumps(edited))
+    before = files_of(run_dir)
+    assert main(["generate", "--resume", str(run_dir), "--steps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config_path} was changed after {run_dir / 'checkpoint.pt'} was saved" in err and "Traceback" not in err
+    assert f"seed is now {original['seed'] + 1}, the checkpoint's run had {original['seed']}" in err
+    assert f"splats.sh_degree is now {edited['splats']['sh_degree']}" in err
+    assert files_of(run_dir) == before and not (run_dir / LOCK).exists()
+    # Put back, with only an output setting changed: the run continues.
+    original["output"]["preview_every"] = original["output"]["preview_every"] + 1
+    config_path.write_text(json.dumps(original))
+    assert main(["generate", "--resume", str(run_dir), "--steps", "6"]) == 0
+    assert metric_steps(run_dir) == [1, 2, 3, 4, 5, 6]
 
 
 def test_resume_refuses_flags_it_would_ignore_and_applies_more_steps(finished_run, tmp_path, capsys):
