@@ -103,6 +103,9 @@ class SplatConfig:
     init_color: Literal["grey", "random"] = "grey"
     """Initial colour of each particle: grey (DreamGaussian) or one random colour per particle, so the particles
     start apart."""
+    init_color_spread: float = 1.0
+    """How far the random start colours lie from grey: 1 = anywhere in [0.2, 0.8]^3, 0.3 = within 0.3 of that
+    distance, 0 = grey (the same draws, scaled towards grey)."""
     init_scale: float | None = None
     """Initial standard deviation; None = half the mean spacing of the initial points."""
     sh_degree: int = 0
@@ -372,6 +375,7 @@ BOUNDS: dict[str, Bound] = {
     "splats.init_radius": POSITIVE,
     "splats.init_opacity": Bound(0, 0.999, open_low=True),  # stored as a logit
     "splats.init_scale": POSITIVE,
+    "splats.init_color_spread": Bound(0, 1),
     "splats.sh_degree": Bound(0, 3),  # the 3DGS .ply layout stops at degree 3
     "splats.lr_means": POSITIVE,  # decayed on a log scale
     "splats.lr_means_final": POSITIVE,

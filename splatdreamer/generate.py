@@ -272,7 +272,7 @@ class Generation:
                 init_scale=config.splats.init_scale,
                 init_opacity=config.splats.init_opacity,
                 sh_degree=config.splats.sh_degree,
-                color=_initial_color(config.splats.init_color, self.gen_cpu),
+                color=_initial_color(config.splats.init_color, config.splats.init_color_spread, self.gen_cpu),
                 generator=self.gen_cpu,
             ).to(self.device)
             for _ in range(config.particles)
@@ -520,11 +520,12 @@ def phi_warmup(config: GenerateConfig) -> int:
     return max(1, round(0.02 * config.steps * config.prior.phi_steps))
 
 
-def _initial_color(mode: str, generator: torch.Generator) -> tuple[float, float, float]:
-    """A particle's starting colour: mid grey, or a random one in [0.2, 0.8]^3 (clear of the white background)."""
+def _initial_color(mode: str, spread: float, generator: torch.Generator) -> tuple[float, float, float]:
+    """A particle's starting colour: mid grey, or a random one in [0.2, 0.8]^3 (clear of the white background)
+    moved towards grey to `spread` of its distance from it."""
     if mode == "grey":
         return (0.5, 0.5, 0.5)
-    return tuple((0.2 + 0.6 * torch.rand(3, generator=generator)).tolist())
+    return tuple((0.5 + spread * 0.6 * (torch.rand(3, generator=generator) - 0.5)).tolist())
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -295,6 +295,19 @@ def test_random_initial_colours_differ_per_particle_and_grey_stays_grey(tiny_pri
     colors = [sh0_to_rgb(p["sh0"].detach()[:, 0]).mean(0) for p in Generation(config, tmp_path / "b").particles]
     assert all(((c > 0.18) & (c < 0.82)).all() for c in colors)
     assert min(torch.dist(a, b) for i, a in enumerate(colors) for b in colors[i + 1 :]) > 0.05
+    config.splats.init_color_spread = 0.0  # random draws scaled all the way to grey
+    spread0 = [sh0_to_rgb(p["sh0"].detach()[:, 0]).mean(0) for p in Generation(config, tmp_path / "c").particles]
+    assert all(torch.allclose(c, torch.full((3,), 0.5), atol=0.02) for c in spread0)
+
+
+def test_initial_colour_spread_scales_the_same_draws_towards_grey():
+    from splatdreamer.generate import _initial_color
+
+    full = torch.tensor(_initial_color("random", 1.0, torch.Generator().manual_seed(3)))
+    near = torch.tensor(_initial_color("random", 0.25, torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(near - 0.5, 0.25 * (full - 0.5))
+    assert ((full >= 0.2) & (full <= 0.8)).all() and (full - 0.5).abs().max() > 0.05
+    assert _initial_color("grey", 0.25, torch.Generator()) == (0.5, 0.5, 0.5)
 
 
 
