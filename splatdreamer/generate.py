@@ -205,18 +205,27 @@ def _open_resumed(config: GenerateConfig) -> _RunFolder:
 
 
 def _make_folders(run_dir: Path) -> list[Path]:
-    """mkdir -p, returning the folders made, deepest first."""
-    missing = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    """mkdir -p, returning the folders this call made, deepest first.
+
+    A parent that another process creates meanwhile (two `toy eval` or batch processes sharing an output
+    folder) is taken as it is; only the folders made here are removed again if a later one fails."""
+    made: list[Path] = []
     try:
-        for folder in reversed(missing):
-            folder.mkdir()
+        for folder in reversed([p for p in (run_dir, *run_dir.parents) if not p.exists()]):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if folder == run_dir or not folder.is_dir():
+                    raise
+                continue  # made by another process since the check: theirs, not ours to remove
+            made.append(folder)
     except OSError as e:
-        for folder in missing:
+        for folder in reversed(made):
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise RunFolderError(f"cannot create the output folder {run_dir} ({e.strerror}); choose a folder you "
                              "can write to with --output.out-dir") from None  # fmt: skip
-    return missing
+    return made[::-1]
 
 
 def _clear_run_folder(run_dir: Path) -> None:

@@ -601,3 +601,40 @@ def test_cpu_run_is_reproducible_with_the_same_thread_count(tmp_path):
     results = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
     assert len(results) == 2 and results[0][0] == "2" and results[0] == results[1], results
     assert "the run used 2 CPU threads and this process uses 1; the result will differ" in done.stdout
+
+
+def test_make_folders_takes_a_parent_another_process_makes_meanwhile(tmp_path, monkeypatch):
+    """Two `toy eval` processes on one --out-dir raced on the shared parent folders: the loser stopped with
+    'cannot create the output folder ... (File exists)', and its clean-up could remove the winner's folders."""
+    from pathlib import Path
+
+    from splatdreamer.errors import RunFolderError
+    from splatdreamer.generate import _make_folders
+
+    shared, run_dir = tmp_path / "out" / "a_ball", tmp_path / "out" / "a_ball" / "sds-7.5" / "s3"
+    real_mkdir = Path.mkdir
+
+    def racing_mkdir(self, *args, **kwargs):
+        if self == shared and not self.exists():
+            real_mkdir(self)  # the other process, between our check and our mkdir
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    assert _make_folders(run_dir) == [run_dir, run_dir.parent, tmp_path / "out"]  # not the other's a_ball
+    assert run_dir.is_dir()
+
+    # A failure after the race removes only what this call made, never the other process's folder.
+    other = tmp_path / "out2" / "a_ball"
+    target = other / "vsd-7.5" / "s0"
+
+    def failing_mkdir(self, *args, **kwargs):
+        if self == other and not self.exists():
+            real_mkdir(self)
+        if self == target:
+            raise PermissionError(13, "Permission denied")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", failing_mkdir)
+    with pytest.raises(RunFolderError, match="Permission denied"):
+        _make_folders(target)
+    assert other.is_dir() and not (other / "vsd-7.5").exists()
