@@ -568,6 +568,9 @@ def test_eval_methods_name_their_objective_and_cfg():
         ({"prompts": "a ball"}, "--prompts must be a tuple or list of values, got 'a ball'"),
         ({"seeds": (0, -1)}, r"--seeds must be in \[0, 9223372036854775806\], got \(0, -1\)"),
         ({"base": dataclasses.replace(small_eval_base(), steps=0)}, "--base.steps must be positive, got 0"),
+        ({"report": Path("/nonexistent/r.md")}, "--report /nonexistent/r.md: the folder /nonexistent does not exist"),
+        ({"picture": Path("/nonexistent/p.png")}, "--picture /nonexistent/p.png: the folder /nonexistent does not"),
+        ({"report": Path("/")}, "--report / is a folder; give a file name such as /benchmarks.md"),
     ],
 )
 def test_eval_refuses_bad_settings_before_any_run(tmp_path, monkeypatch, change, message):

@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -334,6 +335,17 @@ def check_config(config: ToyEvalConfig) -> None:
     unknown = [p for p in config.prompts if p not in PROMPTS]
     if unknown:
         raise ConfigError(f"{unknown[0]!r} is not a toy prompt; the toy prompts are {', '.join(PROMPTS)}")
+    for name, example in (("report", "benchmarks.md"), ("picture", "toy_eval.png")):
+        path = getattr(config, name)
+        if path is None:
+            continue  # written after every run: a path that cannot be written would lose the table then
+        path, flag = Path(path), f"--{name}"
+        if path.is_dir():
+            raise ConfigError(f"{flag} {path} is a folder; give a file name such as {path / example}")
+        if not path.parent.is_dir():
+            raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist; create it or choose another")
+        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise ConfigError(f"{flag} {path} cannot be written (permission denied); choose another file")
 
 
 def evaluate(config: ToyEvalConfig) -> list[Row]:
