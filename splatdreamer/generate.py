@@ -597,7 +597,7 @@ _RESUMABLE_CHANGES = ("steps", "resume", "device", "output.")
 
 
 def _edited_since(saved: str | None, config: GenerateConfig) -> list[str]:
-    """'name: now X, the checkpoint's run had Y' for each field in which `config` differs from the config a
+    """'NAME is now X, the checkpoint's run had Y' for each field in which `config` differs from the config a
     checkpoint was saved with (JSON in `saved`; None for a checkpoint older than that record), except those
     a run may change on resume. A hand-edited config.json (a new SH degree, another prior) would otherwise
     continue silently with the old state, or fail with a shape error deep in torch."""
