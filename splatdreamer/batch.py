@@ -22,7 +22,9 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -401,8 +403,14 @@ def _merge_with_manifest(runs, old: dict[str, RunEntry], overwrite: bool):
 
 def _init_ray(ray, address: str | None, num_cpus: int | None) -> None:
     local = {"num_cpus": num_cpus, "include_dashboard": False} if address is None else {}
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_term = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **local)
+        if callable(on_term):
+            # ray.init puts in its own SIGTERM handler, which exits at once; the CLI's turns SIGTERM into an
+            # interrupt, on which the driver cancels the runs (each saves a checkpoint) and writes the manifest.
+            signal.signal(signal.SIGTERM, on_term)
     except Exception as e:  # Ray raises ConnectionError, RuntimeError or ValueError for an address it cannot use
         first = (str(e).strip().splitlines() or [""])[0][:200]
         where = f"the Ray cluster at --address {address}" if address else "a local Ray instance"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
 import sys
 import threading
 from dataclasses import dataclass
@@ -343,6 +344,26 @@ COMMANDS = {
 }
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does, for the length of a command: `batch` then
+    cancels its runs (each saves a checkpoint) and writes its manifest instead of dying with runs marked
+    running; `generate` takes them between steps itself (`generate.STOP_SIGNALS`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -356,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"splatdreamer: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     try:
-        code = command(argv[1:])  # None, or a command's own status (batch: 1 when a run failed)
+        with _terminate_as_interrupt():
+            code = command(argv[1:])  # None, or a command's own status (batch: 1 when a run failed)
     except SplatdreamerError as e:
         print(f"splatdreamer: error: {e}", file=sys.stderr)
         return 2

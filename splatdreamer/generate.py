@@ -553,10 +553,15 @@ def _truncate_metrics(path: Path, step: int) -> None:
         f.write("".join(line + "\n" for line in lines))
 
 
+# Signals that stop a run as Ctrl-C does: `timeout`, `kill`, `docker stop` and job schedulers send SIGTERM, a closed
+# terminal SIGHUP. Each is turned into a checkpoint at the next step boundary instead of a silent death.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 @contextlib.contextmanager
 def _interrupt_between_steps():
-    """Turn the first Ctrl-C into a flag checked between steps (so the checkpoint is consistent);
-    a second Ctrl-C interrupts at once."""
+    """Turn the first Ctrl-C (or SIGTERM, SIGHUP) into a flag checked between steps (so the checkpoint is
+    consistent); a second one interrupts at once."""
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -567,11 +572,12 @@ def _interrupt_between_steps():
             raise KeyboardInterrupt
         flag.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)  # None: a handler not set from Python
 
 
 def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None = None) -> Result:

@@ -342,3 +342,27 @@ def test_ctrl_c_leaves_a_manifest_the_same_command_continues(tmp_path, ray_env):
     entry = manifest(out)["a_red_ball-s0"]
     assert entry["status"] == "done" and entry["attempts"] == 2 and entry["resumed_from"] == saved
     assert steps_in_metrics(out) == list(range(1, 41))
+
+
+def test_init_ray_keeps_the_clis_sigterm_handler(monkeypatch):
+    """ray.init installs a SIGTERM handler that exits at once; batch restores the CLI's, which turns SIGTERM into
+    an interrupt so the driver stops the runs with checkpoints (found by a hostile-input pass: `timeout` left
+    every run 'running', without a checkpoint)."""
+    import signal
+    import types
+
+    from splatdreamer.batch import _init_ray
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    def rays(signum, frame):
+        raise SystemExit(signum)
+
+    fake = types.SimpleNamespace(init=lambda **kwargs: signal.signal(signal.SIGTERM, rays))
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        _init_ray(fake, None, 1)
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, previous)

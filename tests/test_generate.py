@@ -638,3 +638,50 @@ def test_make_folders_takes_a_parent_another_process_makes_meanwhile(tmp_path, m
     with pytest.raises(RunFolderError, match="Permission denied"):
         _make_folders(target)
     assert other.is_dir() and not (other / "vsd-7.5").exists()
+
+
+SIGTERM_RUN = """
+import os, signal, sys, torch
+from pathlib import Path
+from test_generate import build_tiny_sd, generate, small_config
+prior = build_tiny_sd(Path(sys.argv[1]) / "prior", sample_size=16)
+
+def stop(p):
+    if p.step == 2:
+        os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` or `docker stop` would
+
+try:
+    generate(small_config(prior, Path(sys.argv[1]) / "run", steps=6), callback=stop)
+except KeyboardInterrupt as e:
+    print("STOPPED", e)
+"""
+
+
+def test_sigterm_stops_a_run_with_a_checkpoint_as_ctrl_c_does(tmp_path):
+    """SIGTERM (timeout, kill, docker stop) used to kill a run at once: no checkpoint, a stale lock."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
+    done = subprocess.run([sys.executable, "-c", SIGTERM_RUN, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "STOPPED a checkpoint of step 2 was saved; continue with --resume" in done.stdout
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert not (tmp_path / "run" / LOCK).exists()
+
+
+def test_the_cli_turns_sigterm_into_an_interrupt(tmp_path):
+    """`batch` stops its runs on KeyboardInterrupt; the CLI makes SIGTERM and SIGHUP one."""
+    code = (
+        "import os, signal, time\n"
+        "from splatdreamer.cli import _terminate_as_interrupt\n"
+        "for sig in (signal.SIGTERM, signal.SIGHUP):\n"
+        "    try:\n"
+        "        with _terminate_as_interrupt():\n"
+        "            os.kill(os.getpid(), sig)\n"
+        "            time.sleep(10)\n"
+        "    except KeyboardInterrupt as e:\n"
+        "        print('INTERRUPTED', e)\n"
+        "print('DEFAULT', signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split("\n")[:3] == ["INTERRUPTED stopped by SIGTERM", "INTERRUPTED stopped by SIGHUP",
+                                           "DEFAULT True"], (done.stdout, done.stderr[-1000:])  # fmt: skip
