@@ -34,7 +34,9 @@ from urllib.parse import quote
 
 from tqdm.auto import tqdm
 
-from splatdreamer.config import BOUNDS, GenerateConfig, changed_fields, load_json, prompt_slug
+from splatdreamer.config import (
+    BOUNDS, GenerateConfig, changed_fields, get_field, load_json, prompt_slug, read_text_file,
+)  # fmt: skip
 from splatdreamer.errors import BackendUnavailableError, ConfigError, RunFolderError, SplatdreamerError
 from splatdreamer.generate import CONFIG, Progress, generate
 from splatdreamer.io.atomic import atomic_write
@@ -89,7 +91,7 @@ def read_prompts(path: Path) -> list[BatchItem]:
     optional). `ConfigError` naming the file and line for anything else."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path, "--prompts-file", 64 << 20)
     except FileNotFoundError:
         raise ConfigError(f"--prompts-file {path} does not exist; give a text file with one prompt per line "
                           "(or a .jsonl file of {\"prompt\": ...} lines)") from None  # fmt: skip
@@ -144,6 +146,10 @@ def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfi
     dataclasses.replace(config, prompt="-", resume=None).validate()
     configs, seen = [], {}
     for item in items:
+        if item.seed is not None and (isinstance(item.seed, bool) or not isinstance(item.seed, int)
+                                      or item.seed not in BOUNDS["seed"]):  # fmt: skip
+            raise ConfigError(f"{item.source or repr(item.prompt)}: the seed must be a whole number "
+                              f"{BOUNDS['seed'].describe()}, got {item.seed!r:.60}")  # fmt: skip
         for seed in [item.seed] if item.seed is not None else seeds:
             run = copy.deepcopy(config)
             run.prompt, run.seed, run.resume = item.prompt, seed, None
@@ -172,15 +178,9 @@ def continue_or_start(config: GenerateConfig, overwrite: bool) -> GenerateConfig
         return GenerateConfig(resume=run_dir)
     if overwrite:
         return dataclasses.replace(config, output=dataclasses.replace(config.output, overwrite=True))
-    shown = ", ".join(f"--{n.replace('_', '-')} {_get(saved, n)!r} there, {_get(config, n)!r} now" for n in differ[:3])
+    shown = ", ".join(f"--{n.replace('_', '-')} {get_field(saved, n)!r} there, {get_field(config, n)!r} now" for n in differ[:3])
     raise ConfigError(f"{run_dir} holds a run with other settings ({shown}{', ...' if len(differ) > 3 else ''}); "
                       "pass --overwrite to replace it, or choose another --out-dir")  # fmt: skip
-
-
-def _get(config, dotted: str):
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
 
 
 # ---------------------------------------------------------------- the task (in a Ray worker)
@@ -322,6 +322,17 @@ def batch(
     refused (`ConfigError`) unless `overwrite`. Ctrl-C cancels the tasks (each saves a checkpoint), writes the
     manifest and raises KeyboardInterrupt. A run that fails is marked failed with its error; the others go on.
     """
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise ConfigError(f"prompts must be a list of prompts (str or BatchItem), got {type(prompts).__name__}: "
+                          "write [\"a red ball\"] for one")  # fmt: skip
+    for p in prompts:
+        if not isinstance(p, (str, BatchItem)):
+            raise ConfigError(f"prompts must be str or BatchItem, got {type(p).__name__}: {p!r:.60}")
+    if not isinstance(config, GenerateConfig):
+        raise ConfigError(f"batch() takes a GenerateConfig, got {type(config).__name__}; start from a preset, "
+                          "e.g. splatdreamer.presets.toy()")  # fmt: skip
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+        raise ConfigError(f"seeds must be a list of whole numbers, got {seeds!r:.60}; write [{seeds!r:.20}] for one")
     ray = _import_ray()
     items = [p if isinstance(p, BatchItem) else BatchItem(p) for p in prompts]
     if not items:

@@ -306,6 +306,9 @@ def cmd_convert(args: list[str]) -> None:
     cmd = tyro.cli(ConvertCommand, args=args, prog="splatdreamer convert")
     if cmd.output.is_dir():
         raise ConfigError(f"the output {cmd.output} is a folder; give a file name such as {cmd.output / 'out.splat'}")
+    if cmd.output.exists() and cmd.input.exists() and cmd.output.samefile(cmd.input):
+        raise ConfigError(f"the output {cmd.output} is the input file; converting onto it would replace it with "
+                          "what the output format keeps; choose another name")  # fmt: skip
     splats = load_ply(cmd.input, requires_grad=False)
     fmt = format_from_path(cmd.output)
     with _writing(cmd.output):

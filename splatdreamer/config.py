@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -293,6 +294,13 @@ def _coerce(hint, value, name: str):
     return value
 
 
+def get_field(config, dotted: str):
+    """The value of a dotted field name ("splats.sh_degree") of a nested config dataclass."""
+    for name in dotted.split("."):
+        config = getattr(config, name)
+    return config
+
+
 def changed_fields(config, base, prefix: str = "") -> list[str]:
     """Dotted names of the fields in which two configs of the same dataclass differ (nested ones too)."""
     names = []
@@ -313,10 +321,34 @@ def save_json(config: GenerateConfig, path: Path) -> None:
         f.write("\n")
 
 
+def read_text_file(path: str | os.PathLike, flag: str, max_bytes: int) -> str:
+    """The UTF-8 text of a regular file of at most `max_bytes`: a device (/dev/zero) or a FIFO named by mistake
+    would otherwise be read until memory runs out, or wait forever. `ConfigError` naming `flag` for those;
+    OSError (a missing file) and UnicodeDecodeError are the caller's to word."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device"
+            raise ConfigError(f"{flag} {path} is {kind}, not a file; give a text file")
+        if info.st_size > max_bytes:
+            raise ConfigError(f"{flag} {path} is {info.st_size} bytes; more than {max_bytes} is not a {flag} file, "
+                              "check the name")  # fmt: skip
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
+            fd = -1  # the file object closes it
+            data = f.read(max_bytes + 1)
+    finally:
+        if fd != -1:
+            os.close(fd)
+    return data.decode("utf-8")
+
+
 def load_json(path: Path) -> GenerateConfig:
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(read_text_file(path, "--config", 1 << 20))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read the config {path}: {e}") from None
     try:
         config = from_dict(GenerateConfig, data)

@@ -34,6 +34,7 @@ from splatdreamer.config import (
     changed_fields,
     check_fields,
     from_dict,
+    get_field,
     load_json,
     prompt_slug,
     save_json,
@@ -591,6 +592,11 @@ def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None
     folder is locked for the whole run (`io.lock`). With `output.overwrite`, an old run in the folder is
     deleted only once the new run has started, and only if it is a splatdreamer run (it has config.json).
     """
+    if not isinstance(config, GenerateConfig):
+        raise ConfigError(f"generate() takes a GenerateConfig, got {type(config).__name__}: build one with "
+                          "GenerateConfig(prompt=...) or start from a preset, e.g. splatdreamer.presets.toy()")  # fmt: skip
+    if callback is not None and not callable(callback):
+        raise ConfigError(f"callback must be a function of one Progress, got {type(callback).__name__}")
     folder = _open_run_folder(config)
     try:
         return _run(folder, callback)
@@ -611,13 +617,7 @@ def _edited_since(saved: str | None, config: GenerateConfig) -> list[str]:
         return []
     then = from_dict(GenerateConfig, json.loads(saved))
     changed = [n for n in changed_fields(config, then) if not n.startswith(_RESUMABLE_CHANGES)]
-    return [f"{n} is now {_get(config, n)!r}, the checkpoint's run had {_get(then, n)!r}" for n in changed]
-
-
-def _get(config, dotted: str):
-    for name in dotted.split("."):
-        config = getattr(config, name)
-    return config
+    return [f"{n} is now {get_field(config, n)!r}, the checkpoint's run had {get_field(then, n)!r}" for n in changed]
 
 
 def _start(folder: _RunFolder) -> Generation:

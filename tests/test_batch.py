@@ -366,3 +366,25 @@ def test_init_ray_keeps_the_clis_sigterm_handler(monkeypatch):
         assert signal.getsignal(signal.SIGTERM) is ours
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_batch_refuses_wrong_python_arguments_before_ray_starts(tmp_path, monkeypatch):
+    """Found by a hostile-input pass: batch("ab", ...) ran one generation per character, seeds=3 and a seed of -1
+    failed late or deep inside."""
+    import importlib
+
+    B = importlib.import_module("splatdreamer.batch")
+    monkeypatch.setattr(B, "_import_ray", lambda: pytest.fail("Ray was started"))
+    config = toy()
+    cases = [
+        (("a red ball", config), {}, "prompts must be a list of prompts \\(str or BatchItem\\), got str"),
+        (([None], config), {}, "prompts must be str or BatchItem, got NoneType"),
+        ((["a red ball"], {"steps": 2}), {}, "batch\\(\\) takes a GenerateConfig, got dict"),
+        ((["a red ball"], config), {"seeds": 3}, "seeds must be a list of whole numbers, got 3"),
+    ]
+    for args, kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            B.batch(*args, tmp_path / "out", **kwargs)
+    with pytest.raises(ConfigError, match="'a red ball': the seed must be a whole number in \\[0, "):
+        plan([BatchItem("a red ball", seed=-1)], (0,), config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

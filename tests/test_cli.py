@@ -199,3 +199,30 @@ def test_view_refuses_a_missing_file_and_a_bad_port(tmp_path, capsys):
     assert "none.ply does not exist" in capsys.readouterr().err
     assert main(["view", str(tmp_path), "--port", "70000"]) == 2
     assert "port" in capsys.readouterr().err
+
+
+def test_convert_refuses_to_write_onto_its_input(red_ball, tmp_path, capsys):
+    """Found by a hostile-input pass: `convert x.ply x.ply` replaced the input, dropping its extra properties."""
+    import shutil
+
+    copy = tmp_path / "copy.ply"
+    shutil.copy(red_ball, copy)
+    before = copy.read_bytes()
+    assert main(["convert", str(copy), str(copy)]) == 2
+    assert f"the output {copy} is the input file" in capsys.readouterr().err
+    assert copy.read_bytes() == before
+
+
+@pytest.mark.parametrize("flags", [["generate", "--config"], ["batch", "--out-dir", "unused", "--prompts-file"]])
+def test_config_and_prompt_files_must_be_regular_files(tmp_path, capsys, flags):
+    """Found by a hostile-input pass: /dev/zero as --config or --prompts-file was read until memory ran out."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.txt"
+    size = (64 << 20 if flags[0] == "batch" else 1 << 20) + 1
+    with open(big, "wb") as f:
+        f.truncate(size)  # sparse: the size is what is checked
+    for path, kind in [("/dev/zero", "is a device, not a file"), (fifo, "is a FIFO, not a file"),
+                       (tmp_path, "is a folder, not a file"), (big, f"is {size} bytes; more than {size - 1}")]:  # fmt: skip
+        assert main([*flags, str(path)]) == 2
+        assert f"{flags[-1]} {path} {kind}" in capsys.readouterr().err

@@ -685,3 +685,13 @@ def test_the_cli_turns_sigterm_into_an_interrupt(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.split("\n")[:3] == ["INTERRUPTED stopped by SIGTERM", "INTERRUPTED stopped by SIGHUP",
                                            "DEFAULT True"], (done.stdout, done.stderr[-1000:])  # fmt: skip
+
+
+def test_generate_refuses_a_wrong_config_or_callback_before_writing(tiny_prior, tmp_path):
+    """Found by a hostile-input pass: generate(dict(...)) failed with AttributeError deep inside, and
+    callback=5 failed after step 1, leaving a half-written folder."""
+    with pytest.raises(ConfigError, match="generate\\(\\) takes a GenerateConfig, got dict"):
+        generate(dict(prompt="a red ball"))
+    with pytest.raises(ConfigError, match="callback must be a function of one Progress, got int"):
+        generate(small_config(tiny_prior, tmp_path / "run"), callback=5)
+    assert not (tmp_path / "run").exists()

@@ -571,6 +571,7 @@ def test_eval_methods_name_their_objective_and_cfg():
         ({"report": Path("/nonexistent/r.md")}, "--report /nonexistent/r.md: the folder /nonexistent does not exist"),
         ({"picture": Path("/nonexistent/p.png")}, "--picture /nonexistent/p.png: the folder /nonexistent does not"),
         ({"report": Path("/")}, "--report / is a folder; give a file name such as /benchmarks.md"),
+        ({"report": Path(__file__) / "r.md"}, f"--report {Path(__file__) / 'r.md'}: {Path(__file__)} is a file, not"),
     ],
 )
 def test_eval_refuses_bad_settings_before_any_run(tmp_path, monkeypatch, change, message):

@@ -342,6 +342,9 @@ def check_config(config: ToyEvalConfig) -> None:
         path, flag = Path(path), f"--{name}"
         if path.is_dir():
             raise ConfigError(f"{flag} {path} is a folder; give a file name such as {path / example}")
+        blocked = next((a for a in path.parents if a.exists() and not a.is_dir()), None)
+        if blocked is not None:
+            raise ConfigError(f"{flag} {path}: {blocked} is a file, not a folder; choose another path")
         if not path.parent.is_dir():
             raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist; create it or choose another")
         if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
