@@ -44,6 +44,7 @@ from splatdreamer.io.lock import RunLock
 
 MANIFEST = "batch.jsonl"
 GALLERY = "index.html"
+_GALLERY_TITLE = "<title>splatdreamer batch</title>"  # how a batch knows its own gallery
 RAY_MISSING = 'splatdreamer batch runs on Ray, which is not installed; install it with: pip install "splatdreamer[ray]"'
 # Settings a run's folder may differ in from the batch's without being another run.
 _PLACE = ("output.out_dir", "output.overwrite", "resume")
@@ -275,7 +276,7 @@ def write_gallery(out_dir: Path, entries: Sequence[RunEntry]) -> None:
         )
     done = sum(e.status == "done" for e in entries)
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>splatdreamer batch</title>
+<html><head><meta charset="utf-8">{_GALLERY_TITLE}
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; background: #f4f4f4; }}
 .cards {{ display: flex; flex-wrap: wrap; gap: 1em; }}
@@ -341,6 +342,7 @@ def batch(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError(f"--out-dir {out_dir} is a file; choose a folder")
+    _check_foreign_files(out_dir)
     runs = plan(items, seeds, config, out_dir)
     entries, todo = _merge_with_manifest(runs, read_manifest(out_dir), overwrite)
     try:
@@ -359,6 +361,30 @@ def batch(
             if started_ray:
                 ray.shutdown()
     return entries
+
+
+def _check_foreign_files(out_dir: Path) -> None:
+    """Refuse a folder without a manifest that holds files a batch did not write: the gallery would replace
+    an `index.html` of the user's. Run folders (with a config.json), our own gallery and hidden files are
+    a batch's or harmless (a batch whose manifest was deleted continues)."""
+    if not out_dir.is_dir() or (out_dir / MANIFEST).exists():
+        return
+
+    def ours(entry: Path) -> bool:
+        if entry.name.startswith("."):
+            return True
+        if entry.is_dir():
+            return (entry / CONFIG).is_file()
+        if entry.name == GALLERY:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                return _GALLERY_TITLE in entry.read_text(encoding="utf-8")[:1000]
+        return False
+
+    foreign = sorted(e.name for e in out_dir.iterdir() if not ours(e))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise RunFolderError(f"--out-dir {out_dir} holds files that are not a batch's ({shown}); a batch writes its "
+                             f"{GALLERY} and {MANIFEST} there, so choose a new or empty folder")  # fmt: skip
 
 
 def _import_ray():

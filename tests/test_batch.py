@@ -388,3 +388,30 @@ def test_batch_refuses_wrong_python_arguments_before_ray_starts(tmp_path, monkey
     with pytest.raises(ConfigError, match="'a red ball': the seed must be a whole number in \\[0, "):
         plan([BatchItem("a red ball", seed=-1)], (0,), config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_batch_refuses_a_folder_of_someone_elses_files(tmp_path, monkeypatch):
+    """Found by a hostile-input pass: a batch into a folder holding the user's index.html replaced it with the
+    gallery. A folder without a manifest may hold only what a batch writes (run folders, its gallery)."""
+    import importlib
+
+    from splatdreamer.errors import RunFolderError
+
+    B = importlib.import_module("splatdreamer.batch")
+    monkeypatch.setattr(B, "_import_ray", lambda: None)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>my homepage</h1>")
+    with pytest.raises(RunFolderError, match=f"--out-dir {site} holds files that are not a batch's \\(index.html\\)"):
+        B.batch(["a red ball"], toy(), site)
+    assert (site / "index.html").read_text() == "<h1>my homepage</h1>" and len(list(site.iterdir())) == 1
+    # What a batch whose manifest was deleted leaves behind is its own: it continues there.
+    ours = tmp_path / "ours"
+    (ours / "a_red_ball-s0").mkdir(parents=True)
+    save_json(toy(), ours / "a_red_ball-s0" / "config.json")
+    write_gallery(ours, [RunEntry("a_red_ball-s0", "a red ball", 0, "")])
+    (ours / ".splatdreamer.lock").write_text("")
+    B._check_foreign_files(ours)
+    (ours / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="\\(notes.txt\\)"):
+        B._check_foreign_files(ours)
