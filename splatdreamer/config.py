@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 import stat
@@ -444,6 +445,9 @@ def check_fields(config, bounds: dict[str, Bound] | None = None, prefix: str = "
         if isinstance(value, list) and _holds_tuple(hints[f.name]):
             value = tuple(value)  # Python users write [1.6, 2.0]; the config (and its JSON round trip) holds tuples
             setattr(config, f.name, value)
+        elif (plain := _plain_number(hints[f.name], value)) is not value:
+            value = plain  # np.int64(2), np.float32(7.5): numbers of their own types, which JSON cannot write
+            setattr(config, f.name, value)
         _check_type(hints[f.name], value, name)
         if dataclasses.is_dataclass(value):
             check_fields(value, bounds, name + ".")
@@ -451,6 +455,20 @@ def check_fields(config, bounds: dict[str, Bound] | None = None, prefix: str = "
             for v in value if isinstance(value, tuple) else (value,):
                 if v not in bounds[name]:
                     raise ConfigError(f"{_flag(name)} must be {bounds[name].describe()}, got {value}")
+
+
+def _plain_number(hint, value):
+    """`value` as a Python int or float where the field is one and it is another kind of number (NumPy's, torch's
+    via .item() aside); anything else unchanged, for `_check_type` to judge."""
+    if isinstance(value, bool) or type(value) in (int, float) or not isinstance(value, numbers.Real):
+        return value
+    inner = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else [hint]  # fmt: skip
+    if inner == [int] and isinstance(value, numbers.Integral):
+        return int(value)
+    if inner == [float]:
+        return float(value)
+    return value
 
 
 def _holds_tuple(hint) -> bool:

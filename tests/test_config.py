@@ -239,3 +239,22 @@ def test_changed_fields_names_nested_fields():
     a, b = GenerateConfig(), GenerateConfig(steps=5)
     b.vsd.cfg_scale = 100.0
     assert changed_fields(b, a) == ["steps", "vsd.cfg_scale"]
+
+
+def test_numpy_numbers_are_taken_as_python_numbers():
+    """Found by a hostile-input pass: np.float32(7.5) and np.int64(2) were refused while np.float64 passed, and a
+    NumPy number kept in the config would not survive its JSON round trip."""
+    import numpy as np
+
+    from splatdreamer.config import from_dict, to_dict
+    from splatdreamer.presets import toy
+
+    config = toy()
+    config.prompt, config.steps = "a ball", np.int64(2)
+    config.vsd.cfg_scale, config.splats.init_scale = np.float32(7.5), np.float64(0.01)
+    config.validate()
+    assert (type(config.steps), type(config.vsd.cfg_scale), type(config.splats.init_scale)) == (int, float, float)
+    assert from_dict(GenerateConfig, to_dict(config)) == config
+    config.steps = np.float64(2.0)  # a float where a whole number belongs stays an error, as 2.0 is
+    with pytest.raises(ConfigError, match="--steps must be a whole number"):
+        config.validate()
