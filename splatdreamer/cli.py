@@ -281,6 +281,8 @@ def cmd_render(args: list[str]) -> None:
         )
     splats = load_ply(cmd.file, requires_grad=False).to(device)
     stem = cmd.out or cmd.file.with_suffix("")
+    if stem.suffix.lower() in (".png", ".gif"):
+        stem = stem.with_suffix("")  # --out x.png: x.png and x.gif, not x.png.png
     backend = resolve_backend(cmd.backend, device)
     with _writing(stem):
         sheet, gif = write_previews(splats, stem, cmd.size, cmd.frames, cmd.background, backend)

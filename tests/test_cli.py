@@ -226,3 +226,17 @@ def test_config_and_prompt_files_must_be_regular_files(tmp_path, capsys, flags):
                        (tmp_path, "is a folder, not a file"), (big, f"is {size} bytes; more than {size - 1}")]:  # fmt: skip
         assert main([*flags, str(path)]) == 2
         assert f"{flags[-1]} {path} {kind}" in capsys.readouterr().err
+
+
+def test_render_out_with_an_image_suffix_and_reading_a_splat_back(red_ball, tmp_path, capsys):
+    """Found by a hostile-input pass: `render --out x.png` wrote x.png.png; a .splat given back to render was
+    'not a PLY file (it starts with b'T\\x17...')'."""
+    out = tmp_path / "x.png"
+    assert main(["render", str(red_ball), "--out", str(out), "--size", "16", "--frames", "2", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.gif", "x.png"]
+    splat = tmp_path / "ball.splat"
+    assert main(["convert", str(red_ball), str(splat)]) == 0
+    capsys.readouterr()
+    assert main(["render", str(splat), "--size", "16", "--frames", "2"]) == 2
+    assert "a .splat file (an export for web viewers, without a header or SH); splatdreamer reads .ply" in (
+        capsys.readouterr().err)  # fmt: skip

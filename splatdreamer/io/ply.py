@@ -305,6 +305,9 @@ def _read_header(f, path: Path) -> tuple[str, list[_Element], int]:
     # plyfile takes the line ending from the magic line; so do we, so both agree where data starts.
     newline = b"\r\n" if head.startswith(b"ply\r\n") else b"\n"
     if not head.startswith(b"ply" + newline):
+        if Path(path).suffix.lower() == ".splat":  # our own export: 32-byte rows, no header
+            raise _fail(path, "a .splat file (an export for web viewers, without a header or SH); splatdreamer "
+                              "reads .ply files: use the .ply it was converted from")  # fmt: skip
         raise _fail(path, f"not a PLY file (it starts with {head[:16]!r}, not the line 'ply')")
     end = head.find(newline + b"end_header" + newline)
     if end < 0:

@@ -50,7 +50,8 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
         if name == "gsplat":
             raise BackendUnavailableError(
                 f"the gsplat backend runs CUDA kernels only, but the Gaussians are on '{device}'. "
-                "Use backend='reference' (pure PyTorch, any device) or move the particle to a CUDA device."
+                "Use the reference backend (pure PyTorch, any device: --backend reference, or backend='reference' in "
+                "Python) or move the particle to a CUDA device."
             )
         return "reference"
     reason = gsplat_backend.unavailable_reason()
@@ -58,7 +59,8 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
         return "gsplat"
     if name == "gsplat":
         raise BackendUnavailableError(
-            f"the gsplat backend is unavailable: {reason}. Use backend='reference', or install a CUDA toolkit "
+            f"the gsplat backend is unavailable: {reason}. Use the reference backend (--backend reference, or "
+                "backend='reference' in Python), or install a CUDA toolkit "
             "matching torch.version.cuda so gsplat can compile its kernels (run `splatdreamer doctor`)."
         )
     warnings.warn(f"gsplat's kernels are unavailable ({reason}); rendering with the slower reference backend")
