@@ -316,6 +316,10 @@ def cmd_convert(args: list[str]) -> None:
     with _writing(cmd.output):
         export(splats, cmd.output, fmt)
     print(f"wrote {cmd.output}")
+    if fmt == "splat" and splats["shN"].shape[1] > 0:
+        degree = round((splats["shN"].shape[1] + 1) ** 0.5) - 1
+        print(f"splatdreamer: note: .splat stores no spherical harmonics; the view-dependent colour of SH degree "
+              f"{degree} was left out (only the base colour is kept). .ply and .compressed.ply keep it.")  # fmt: skip
 
 
 def cmd_doctor(args: list[str]) -> None:

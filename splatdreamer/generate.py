@@ -695,6 +695,13 @@ def _run(folder: _RunFolder, callback: Callable[[Progress], None] | None) -> Res
             run.save_checkpoint()  # the loss went bad before any Gaussian was touched
             raise NonFiniteError(f"{e} (checkpoint of step {run.step} saved in {run_dir})") from None
         raise NonFiniteError(f"{e} ({run.saved_state()})") from None
+    except Exception:
+        bar.close()
+        # A callback (or a preview write) that fails after a finished step leaves a state that resumes exactly.
+        if at_step_boundary and run.checkpoint_step != run.step and run.particles_are_finite():
+            with contextlib.suppress(Exception):
+                run.save_checkpoint()
+        raise
     bar.close()
     run.save_checkpoint()
     result = run.write_results()

@@ -240,3 +240,16 @@ def test_render_out_with_an_image_suffix_and_reading_a_splat_back(red_ball, tmp_
     assert main(["render", str(splat), "--size", "16", "--frames", "2"]) == 2
     assert "a .splat file (an export for web viewers, without a header or SH); splatdreamer reads .ply" in (
         capsys.readouterr().err)  # fmt: skip
+
+
+def test_convert_to_splat_says_when_it_leaves_the_view_dependent_colour_out(red_ball, tmp_path, capsys):
+    """Found by a hostile-input pass: a degree-3 .ply became a .splat without a word about its lost SH."""
+    from splatdreamer.splats import random_ball
+
+    sh3 = tmp_path / "sh3.ply"
+    save_ply(random_ball(64, sh_degree=3, generator=torch.Generator().manual_seed(0)), sh3)
+    assert main(["convert", str(sh3), str(tmp_path / "sh3.splat")]) == 0
+    assert "the view-dependent colour of SH degree 3 was left out" in capsys.readouterr().out
+    assert (tmp_path / "sh3.splat").stat().st_size == 64 * 32
+    assert main(["convert", str(red_ball), str(tmp_path / "ball.splat")]) == 0
+    assert "note" not in capsys.readouterr().out  # degree 0: nothing is lost

@@ -695,3 +695,17 @@ def test_generate_refuses_a_wrong_config_or_callback_before_writing(tiny_prior, 
     with pytest.raises(ConfigError, match="callback must be a function of one Progress, got int"):
         generate(small_config(tiny_prior, tmp_path / "run"), callback=5)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_failing_callback_leaves_a_checkpoint_of_the_finished_step(tiny_prior, tmp_path):
+    """Found by a hostile-input pass: a callback that raised lost every step since the last periodic checkpoint."""
+    def fail(p):
+        if p.step == 3:
+            raise ZeroDivisionError("the user's bug")
+
+    with pytest.raises(ZeroDivisionError, match="the user's bug"):
+        generate(small_config(tiny_prior, tmp_path / "run"), callback=fail)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert not (tmp_path / "run" / LOCK).exists()
+    generate(GenerateConfig(resume=tmp_path / "run"))  # and it continues from there
+    assert metric_steps(tmp_path / "run") == [1, 2, 3, 4]
