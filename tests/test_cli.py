@@ -253,3 +253,17 @@ def test_convert_to_splat_says_when_it_leaves_the_view_dependent_colour_out(red_
     assert (tmp_path / "sh3.splat").stat().st_size == 64 * 32
     assert main(["convert", str(red_ball), str(tmp_path / "ball.splat")]) == 0
     assert "note" not in capsys.readouterr().out  # degree 0: nothing is lost
+
+
+def test_convert_of_gaussians_too_large_for_splat_says_why(tmp_path, capsys):
+    """Found by a hostile-input pass: a .ply whose finite scales overflow exp() was reported as 'a NaN or Inf
+    ... The optimisation diverged', though the file is finite and convert optimises nothing."""
+    from splatdreamer.splats import random_ball
+
+    big = random_ball(8, generator=torch.Generator().manual_seed(0))
+    big["scales"].data.fill_(1e30)
+    save_ply(big, tmp_path / "big.ply")
+    assert main(["convert", str(tmp_path / "big.ply"), str(tmp_path / "big.splat")]) == 2
+    err = capsys.readouterr().err
+    assert "all 8 Gaussians hold a NaN or Inf (of exp(scale) or the unit quaternion included)" in err
+    assert "If they come from a run" in err and not (tmp_path / "big.splat").exists()

@@ -96,12 +96,12 @@ def finite_tensors(splats: torch.nn.ParameterDict, what: str, activated: bool = 
     bad = n - int(ok.sum())
     if bad == 0:
         return tensors
+    why = "a NaN or Inf" + (" (of exp(scale) or the unit quaternion included)" if activated else "")
     if bad == n:
         raise NonFiniteError(
-            f"{what}: all {n} Gaussians hold a NaN or Inf, nothing to write. The optimisation diverged; "
-            "lower the learning rates or the guidance scale, or resume from an earlier checkpoint."
+            f"{what}: all {n} Gaussians hold {why}, nothing to write. If they come from a run, the optimisation "
+            "diverged: lower the learning rates or the guidance scale, or resume from an earlier checkpoint."
         )
-    why = "a NaN or Inf" + (" (of exp(scale) or the unit quaternion included)" if activated else "")
     warnings.warn(f"{what}: left out {bad} of {n} Gaussians that hold {why}", RuntimeWarning, stacklevel=3)
     return {k: v[ok] for k, v in tensors.items()}
 
