@@ -127,11 +127,16 @@ def _json_item(line: str, source: str) -> BatchItem:
     prompt, seed, negative = data["prompt"], data.get("seed"), data.get("negative_prompt")
     if not isinstance(prompt, str):
         raise ConfigError(f'{source}: "prompt" must be a string, got {prompt!r:.60}')
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed not in BOUNDS["seed"]):
+    if seed is not None and not _is_seed(seed):
         raise ConfigError(f'{source}: "seed" must be a whole number {BOUNDS["seed"].describe()}, got {seed!r:.60}')
     if negative is not None and not isinstance(negative, str):
         raise ConfigError(f'{source}: "negative_prompt" must be a string, got {negative!r:.60}')
     return BatchItem(prompt, seed, negative, source)
+
+
+def _is_seed(value) -> bool:
+    """A whole number in generate's seed range (bool, though an int, is not one)."""
+    return not isinstance(value, bool) and isinstance(value, int) and value in BOUNDS["seed"]
 
 
 def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfig, out_dir: Path) -> list[GenerateConfig]:
@@ -142,13 +147,12 @@ def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfi
     if not seeds:
         raise ConfigError("--seeds is empty; give at least one, e.g. --seeds 0")
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed not in BOUNDS["seed"]:
+        if not _is_seed(seed):
             raise ConfigError(f"--seeds must be whole numbers {BOUNDS['seed'].describe()}, got {seed!r}")
     dataclasses.replace(config, prompt="-", resume=None).validate()
     configs, seen = [], {}
     for item in items:
-        if item.seed is not None and (isinstance(item.seed, bool) or not isinstance(item.seed, int)
-                                      or item.seed not in BOUNDS["seed"]):  # fmt: skip
+        if item.seed is not None and not _is_seed(item.seed):
             raise ConfigError(f"{item.source or repr(item.prompt)}: the seed must be a whole number "
                               f"{BOUNDS['seed'].describe()}, got {item.seed!r:.60}")  # fmt: skip
         for seed in [item.seed] if item.seed is not None else seeds:
