@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from splatdreamer import __version__
+from splatdreamer import __version__, signals
 from splatdreamer.config import MAX_RESOLUTION, Bound, GenerateConfig, check_fields, load_json
 from splatdreamer.errors import ConfigError, SplatdreamerError
 from splatdreamer.presets import PRESETS
@@ -287,6 +287,29 @@ def cmd_render(args: list[str]) -> None:
     with _writing(stem):
         sheet, gif = write_previews(splats, stem, cmd.size, cmd.frames, cmd.background, backend)
     print(f"wrote {sheet} and {gif}")
+    blank = _blank_note(sheet, cmd.size, cmd.background, splats)
+    if blank:
+        print(blank)
+
+
+def _blank_note(sheet: Path, size: int, background: tuple[float, float, float], splats) -> str | None:
+    """A note when every view of the written sheet is the background alone (a hostile-input pass: a file whose
+    Gaussians are all 1e30 wide gave blank images without a word), with what the file holds to say why."""
+    import torch
+
+    from splatdreamer.preview import sheet_is_background
+
+    if not sheet_is_background(sheet, size, background):
+        return None
+    distance = splats["means"].norm(dim=-1).median().item()
+    opacity = torch.sigmoid(splats["opacities"]).max().item()
+    scale = splats["scales"].exp().max(dim=-1).values.median().item()
+    return (
+        f"splatdreamer: note: every view shows only the background. The views frame the unit sphere at the "
+        f"origin, and this file's Gaussians lie at a median distance {distance:.3g} from it, are at most "
+        f"{opacity:.3g} opaque, with a median largest scale {scale:.3g} (a toy particle of splatdreamer's: about "
+        f"0.4, 0.99 and 0.03)."
+    )
 
 
 @contextlib.contextmanager
@@ -303,7 +326,7 @@ def _writing(path: Path):
 
 def cmd_convert(args: list[str]) -> None:
     from splatdreamer.io.export import export, format_from_path
-    from splatdreamer.io.ply import load_ply
+    from splatdreamer.io.ply import load_ply, unused_properties
 
     cmd = tyro.cli(ConvertCommand, args=args, prog="splatdreamer convert")
     if cmd.output.is_dir():
@@ -320,6 +343,10 @@ def cmd_convert(args: list[str]) -> None:
         degree = round((splats["shN"].shape[1] + 1) ** 0.5) - 1
         print(f"splatdreamer: note: .splat stores no spherical harmonics; the view-dependent colour of SH degree "
               f"{degree} was left out (only the base colour is kept). .ply and .compressed.ply keep it.")  # fmt: skip
+    unused = unused_properties(cmd.input)
+    if unused:
+        print(f"splatdreamer: note: {cmd.input} also holds {', '.join(unused)}, which splatdreamer does not read; "
+              f"{cmd.output} leaves {'it' if len(unused) == 1 else 'them'} out.")  # fmt: skip
 
 
 def cmd_doctor(args: list[str]) -> None:
@@ -357,20 +384,13 @@ COMMANDS = {
 def _terminate_as_interrupt():
     """SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does, for the length of a command: `batch` then
     cancels its runs (each saves a checkpoint) and writes its manifest instead of dying with runs marked
-    running; `generate` takes them between steps itself (`generate.STOP_SIGNALS`)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    running; `generate` takes them between steps itself (`signals.STOP_SIGNALS`)."""
 
     def handler(signum, frame):
         raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig}
-    try:
+    with signals.handled(signals.TERMINATION_SIGNALS, handler):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, signal.SIG_DFL if old is None else old)
 
 
 def main(argv: list[str] | None = None) -> int:

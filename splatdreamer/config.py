@@ -13,7 +13,6 @@ import math
 import numbers
 import os
 import re
-import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Literal
 from splatdreamer.background import BackgroundMode
 from splatdreamer.cameras import DEFAULT_RANGES, CameraRanges
 from splatdreamer.errors import ConfigError
+from splatdreamer.io.files import NotARegularFile, open_regular_file
 
 TOY_PRIOR = "toy"
 DEFAULT_PRIOR = "stabilityai/stable-diffusion-2-1-base"  # official nerf/sd.py: sd_version 2.1 -> 2-1-base
@@ -326,23 +326,16 @@ def read_text_file(path: str | os.PathLike, flag: str, max_bytes: int) -> str:
     """The UTF-8 text of a regular file of at most `max_bytes`: a device (/dev/zero) or a FIFO named by mistake
     would otherwise be read until memory runs out, or wait forever. `ConfigError` naming `flag` for those;
     OSError (a missing file) and UnicodeDecodeError are the caller's to word."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device"
-            raise ConfigError(f"{flag} {path} is {kind}, not a file; give a text file")
-        if info.st_size > max_bytes:
-            raise ConfigError(f"{flag} {path} is {info.st_size} bytes; more than {max_bytes} is not a {flag} file, "
+        f = open_regular_file(path)
+    except NotARegularFile as e:
+        raise ConfigError(f"{flag} {path} is {e.kind}, not a file; give a text file") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise ConfigError(f"{flag} {path} is {size} bytes; more than {max_bytes} is not a {flag} file, "
                               "check the name")  # fmt: skip
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb") as f:
-            fd = -1  # the file object closes it
-            data = f.read(max_bytes + 1)
-    finally:
-        if fd != -1:
-            os.close(fd)
+        data = f.read(max_bytes + 1)
     return data.decode("utf-8")
 
 

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import shutil
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from splatdreamer import cameras as cams
-from splatdreamer import vsd
+from splatdreamer import signals, vsd
 from splatdreamer.background import sample_background
 from splatdreamer.config import (
     TOY_PRIOR,
@@ -554,31 +553,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
         f.write("".join(line + "\n" for line in lines))
 
 
-# Signals that stop a run as Ctrl-C does: `timeout`, `kill`, `docker stop` and job schedulers send SIGTERM, a closed
-# terminal SIGHUP. Each is turned into a checkpoint at the next step boundary instead of a silent death.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
 @contextlib.contextmanager
 def _interrupt_between_steps():
     """Turn the first Ctrl-C (or SIGTERM, SIGHUP) into a flag checked between steps (so the checkpoint is
     consistent); a second one interrupts at once."""
     flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
 
     def handler(signum, frame):
         if flag.is_set():
             raise KeyboardInterrupt
         flag.set()
 
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    try:
+    with signals.handled(signals.STOP_SIGNALS, handler):
         yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, signal.SIG_DFL if old is None else old)  # None: a handler not set from Python
 
 
 def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None = None) -> Result:
@@ -705,8 +692,9 @@ def _run(folder: _RunFolder, callback: Callable[[Progress], None] | None) -> Res
     bar.close()
     run.save_checkpoint()
     result = run.write_results()
+    written = ", ".join(p.name for p in [*result.files, *result.extra_files])
     print(
         f"splatdreamer: {config.steps} steps in {time.perf_counter() - start:.0f} s; "
-        f"{len(result.files)} particle(s) in {run_dir}/ ({', '.join(p.name for p in result.files)}, previews .png/.gif)"
+        f"{len(result.files)} particle(s) in {run_dir}/ ({written}, previews .png/.gif)"
     )
     return result

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from splatdreamer import cameras as cams
 from splatdreamer.io.images import contact_sheet, save_gif, save_png
 from splatdreamer.render import render
+
+SHEET_COLUMNS = 4  # the 12 evaluation views, 4 per row
+SHEET_GUTTER = 2  # contact_sheet's default
 
 
 @torch.no_grad()
@@ -45,7 +50,19 @@ def write_previews(
     """
     sheet_path, gif_path = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".gif")
     sheet = render_views(splats, cams.evaluation_views(size, size), background, backend)
-    save_png(contact_sheet(sheet, columns=4), sheet_path)
+    save_png(contact_sheet(sheet, columns=SHEET_COLUMNS), sheet_path)
     turn = render_views(splats, cams.turntable(frames, size, size), background, backend)
     save_gif(turn, gif_path, fps=12)
     return sheet_path, gif_path
+
+
+def sheet_is_background(sheet_path: Path, size: int, background: tuple[float, float, float]) -> bool:
+    """Whether every view of a sheet `write_previews` wrote at `size` px is `background` alone (to 2/255)."""
+    pixels = np.asarray(Image.open(sheet_path).convert("RGB"), dtype=np.float32) / 255.0
+    target = np.asarray(background, dtype=np.float32)
+    step = size + SHEET_GUTTER
+    for top in range(0, pixels.shape[0], step):
+        for left in range(0, pixels.shape[1], step):
+            if np.abs(pixels[top : top + size, left : left + size] - target).max() > 2.0 / 255.0:
+                return False
+    return True

@@ -176,6 +176,13 @@ def particle_files(path: Path) -> list[Path]:
         files = sorted(path.glob("particle_*.ply"), key=lambda p: (len(p.stem), p.stem))
         files = [f for f in files if not f.name.endswith(".compressed.ply")]
         if not files:
+            exports = sorted(p.name for p in path.glob("particle_*") if p.name.endswith((".splat", ".compressed.ply")))
+            if exports:
+                raise ConfigError(
+                    f"{path} holds only exports that splatdreamer cannot read back ({', '.join(exports[:3])}"
+                    f"{', ...' if len(exports) > 3 else ''}); open them in a web splat viewer (SuperSplat), or keep "
+                    "a .ply next time: --output.formats ply splat"
+                )
             raise ConfigError(f"{path} holds no particle_K.ply; give a .ply file or a finished run's folder")
         return files
     if not path.exists():

@@ -40,6 +40,24 @@ def test_render_writes_a_sheet_of_the_object_and_a_turntable(red_ball, tmp_path,
     assert gif.n_frames >= 1 and gif.size == (32, 32)
 
 
+def test_render_says_when_every_view_is_empty_and_what_the_file_holds(red_ball, tmp_path, capsys):
+    """Found by a hostile-input pass: a file whose Gaussians are all 1e30 wide rendered blank images without a
+    word. The same note for a fully transparent ball; none for the ball itself, on any background."""
+    ball = load_ply(red_ball, requires_grad=False)
+    huge, clear = ball.copy(), ball.copy()
+    huge["scales"] = torch.full_like(ball["scales"], 69.0)  # exp: 9e29
+    clear["opacities"] = torch.full_like(ball["opacities"], -30.0)
+    for name, splats, says in [("huge", huge, "median largest scale 9.25e+29"), ("clear", clear, "at most 9.36e-14")]:
+        save_ply(splats, tmp_path / f"{name}.ply")
+        assert main(["render", str(tmp_path / f"{name}.ply"), "--size", "24", "--frames", "2", "--device", "cpu"]) == 0
+        out = capsys.readouterr().out
+        assert "note: every view shows only the background" in out and says in out, (name, out)
+    for background in (["1", "1", "1"], ["0", "0", "0"]):
+        args = ["render", str(red_ball), "--out", str(tmp_path / "ball"), "--size", "24", "--frames", "2"]
+        assert main([*args, "--background", *background, "--device", "cpu"]) == 0
+        assert "note" not in capsys.readouterr().out
+
+
 def test_render_of_a_broken_file_is_one_clear_error(tmp_path, capsys):
     bad = tmp_path / "broken.ply"
     bad.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nend_header\n")
@@ -253,6 +271,23 @@ def test_convert_to_splat_says_when_it_leaves_the_view_dependent_colour_out(red_
     assert (tmp_path / "sh3.splat").stat().st_size == 64 * 32
     assert main(["convert", str(red_ball), str(tmp_path / "ball.splat")]) == 0
     assert "note" not in capsys.readouterr().out  # degree 0: nothing is lost
+
+
+def test_convert_names_the_properties_it_does_not_carry_over(red_ball, tmp_path, capsys):
+    """Found by a hostile-input pass: a .ply with a property splatdreamer does not read (Mip-Splatting's
+    filter_3D) lost it in conversion without a word."""
+    import numpy as np
+    from numpy.lib import recfunctions
+    from plyfile import PlyData, PlyElement
+
+    vertex = PlyData.read(str(red_ball))["vertex"].data
+    extra = recfunctions.append_fields(vertex, "filter_3D", np.full(len(vertex), 0.01, "f4"), usemask=False)
+    mip = tmp_path / "mip.ply"
+    PlyData([PlyElement.describe(extra, "vertex")]).write(str(mip))
+    assert main(["convert", str(mip), str(tmp_path / "out.ply")]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {mip} also holds filter_3D, which splatdreamer does not read; {tmp_path / 'out.ply'} leaves it out" in out
+    assert "filter_3D" not in {p.name for p in PlyData.read(str(tmp_path / "out.ply"))["vertex"].properties}
 
 
 def test_convert_of_gaussians_too_large_for_splat_says_why(tmp_path, capsys):

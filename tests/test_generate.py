@@ -60,6 +60,18 @@ def test_end_to_end_two_particles(tiny_prior, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["prompt"] == "a red ball"
 
 
+def test_every_export_format_is_written_and_named_in_the_summary(tiny_prior, tmp_path, capsys):
+    """Found by a hostile-input pass: with two formats the closing line named only the first one's files."""
+    config = tiny_config(tiny_prior, tmp_path / "run", steps=2, particles=1)
+    config.output.formats = ("splat", "ply")
+    result = generate(config)
+    assert [p.name for p in result.files] == ["particle_0.splat"]
+    assert [p.name for p in result.extra_files] == ["particle_0.ply"]
+    n = load_ply(result.extra_files[0])["means"].shape[0]
+    assert result.files[0].stat().st_size == 32 * n  # antimatter15's 32 bytes per Gaussian
+    assert "(particle_0.splat, particle_0.ply, previews .png/.gif)" in capsys.readouterr().out
+
+
 def test_resume_matches_an_uninterrupted_run(tiny_prior, tmp_path):
     full = generate(tiny_config(tiny_prior, tmp_path / "full"))
 

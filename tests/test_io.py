@@ -242,6 +242,17 @@ def test_saved_quaternions_are_unit_so_8_bit_writers_that_assume_it_keep_the_rot
     assert (tmp_path / "again.ply").read_bytes() == (tmp_path / "p.ply").read_bytes()  # saving again is exact
 
 
+def test_save_ply_refuses_a_name_that_promises_another_format(tmp_path):
+    """A .splat or .compressed.ply name holding the standard layout would fail in the viewer that trusts the name;
+    save_ply names export() instead and writes nothing."""
+    p = particle(5, sh_degree=0)
+    for name, fmt in [("x.splat", "'splat'"), ("x.compressed.ply", "'ply_compressed'"), ("X.SPLAT", "'splat'")]:
+        with pytest.raises(ConfigError, match=f"export\\(splats, path, {fmt}\\)"):
+            save_ply(p, tmp_path / name)
+        assert not (tmp_path / name).exists()
+    assert save_ply(p, tmp_path / "x.ply") == 5
+
+
 def test_save_ply_leaves_out_nonfinite_gaussians_with_a_warning(tmp_path):
     p = particle(5, sh_degree=1)
     with torch.no_grad():
@@ -537,7 +548,7 @@ def test_a_fifo_or_a_device_is_refused_without_waiting(tmp_path):
     if reader.is_alive():  # unblock the reader before failing
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
     assert outcome == [f"{fifo}: cannot read it as a .ply: it is a FIFO; give a .ply file"]
-    with pytest.raises(PlyFormatError, match="it is not a regular file"):
+    with pytest.raises(PlyFormatError, match="it is a device; give a .ply file"):
         load_ply("/dev/zero")
 
 

@@ -94,6 +94,13 @@ def test_particle_files_of_a_run_folder_are_in_particle_order(tmp_path):
     (tmp_path / "previews").mkdir()
     with pytest.raises(ConfigError, match="no particle_K.ply"):
         particle_files(tmp_path / "previews")
+    exported = tmp_path / "exported"  # a run written with --output.formats splat only (a hostile-input pass)
+    exported.mkdir()
+    for name in ("particle_0.splat", "particle_1.splat", "particle_0.png"):
+        (exported / name).touch()
+    with pytest.raises(ConfigError, match=r"only exports that splatdreamer cannot read back \(particle_0.splat, "
+                                          r"particle_1.splat\).*--output.formats ply splat"):
+        particle_files(exported)
 
 
 def _run_folder(folder: Path) -> Path:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch import Tensor
 
 from splatdreamer.errors import ConfigError, NonFiniteError, PlyFormatError
 from splatdreamer.io.atomic import atomic_write
+from splatdreamer.io.files import NotARegularFile, open_regular_file
 from splatdreamer.splats import KEYS, from_tensors, num_sh_bases, sh_degree_of
 
 # antimatter15's viewer wants the header within 10 KB; an Inria degree-3 header is about 1.3 KB.
@@ -123,6 +123,13 @@ def save_ply(splats: torch.nn.ParameterDict, path: str | os.PathLike) -> int:
     NaN or Inf are left out with a RuntimeWarning (see `finite_tensors`).
     Returns the number of Gaussians written.
     """
+    name = Path(path).name.lower()
+    for suffix, fmt in ((".compressed.ply", "ply_compressed"), (".splat", "splat")):
+        if name.endswith(suffix):  # a viewer would take the name's word for the layout and fail on this one
+            raise ConfigError(
+                f"save_ply writes the standard 3DGS .ply layout, not the {suffix} that '{path}' names; write that "
+                f"with splatdreamer.io.export.export(splats, path, {fmt!r}), or end the name in .ply"
+            )
     degree = sh_degree_of(splats)
     if degree > 3:
         raise ConfigError(f"the 3DGS .ply layout stops at SH degree 3; this particle has degree {degree}")
@@ -236,21 +243,24 @@ def _clamp_decompressed_infinities(values: np.ndarray, path: Path) -> None:
     )
 
 
+def unused_properties(path: str | os.PathLike) -> list[str]:
+    """The vertex properties of a readable 3DGS .ply that `load_ply` does not take (anything besides the 14
+    required, f_rest_* and the normals nx ny nz, e.g. Mip-Splatting's filter_3D), and any other elements, as
+    "element" names: what a conversion of the file leaves behind."""
+    path = Path(path)
+    with _open_regular_file(path) as f:
+        _, elements, _ = _read_header(f, path)
+    used = {*_REQUIRED, "nx", "ny", "nz"}
+    vertex = next(e for e in elements if e.name == "vertex")
+    names = [name for name, _ in vertex.properties if name not in used and not _F_REST.fullmatch(name)]
+    return names + [f'element "{e.name}"' for e in elements if e.name != "vertex"]
+
+
 def _open_regular_file(path: Path):
-    """Open for reading without blocking, and only a regular file: a FIFO would wait for a writer forever
-    and a device (/dev/zero) never ends."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-            raise _fail(path, f"cannot read it as a .ply: it is {kind}; give a .ply file")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+        return open_regular_file(path)
+    except NotARegularFile as e:
+        raise _fail(path, f"cannot read it as a .ply: it is {e.kind}; give a .ply file") from None
 
 
 def available_memory() -> int | None:
