@@ -229,6 +229,8 @@ def turntable(
     num: int, width: int, height: int, elevation: float = 15.0, radius: float = 1.8, fovy: float = 45.0
 ) -> Cameras:
     """`num` cameras evenly spaced in azimuth, starting at the front, at one elevation."""
+    if num < 1:
+        raise ConfigError(f"a turntable needs one or more cameras, got num={num!r}")
     azimuth = torch.arange(num, dtype=torch.float32) * (360.0 / num)
     full = lambda v: torch.full((num,), float(v))  # noqa: E731
     return orbit(full(elevation), azimuth, full(radius), full(fovy), width, height)

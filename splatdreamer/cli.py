@@ -280,6 +280,8 @@ def cmd_render(args: list[str]) -> None:
             f"{cmd.out / 'turntable.png'} and {cmd.out / 'turntable.gif'}"
         )
     splats = load_ply(cmd.file, requires_grad=False).to(device)
+    if len(splats["means"]) == 0:
+        raise ConfigError(f"{cmd.file} holds no Gaussians (its vertex count is 0); there is nothing to render")
     stem = cmd.out or cmd.file.with_suffix("")
     if stem.suffix.lower() in (".png", ".gif"):
         stem = stem.with_suffix("")  # --out x.png: x.png and x.gif, not x.png.png
@@ -336,6 +338,8 @@ def cmd_convert(args: list[str]) -> None:
                           "what the output format keeps; choose another name")  # fmt: skip
     splats = load_ply(cmd.input, requires_grad=False)
     fmt = format_from_path(cmd.output)
+    if len(splats["means"]) == 0:  # a .splat of none is an empty file, which no viewer (nor `render`) reads back
+        raise ConfigError(f"{cmd.input} holds no Gaussians (its vertex count is 0); there is nothing to convert")
     with _writing(cmd.output):
         export(splats, cmd.output, fmt)
     print(f"wrote {cmd.output}")
@@ -356,9 +360,21 @@ def cmd_doctor(args: list[str]) -> None:
     doctor()
 
 
+TOY_USAGE = """usage: splatdreamer toy {train,eval} [--help]
+
+The toy world: a small prior trained in-repo, and the evaluation of VSD and SDS on it.
+
+  train   train a toy prior (splatdreamer toy train --help)
+  eval    run VSD and SDS on the toy prompts over seeds, and score them (splatdreamer toy eval --help)"""
+
+
 def cmd_toy(args: list[str]) -> None:
+    if args and args[0] in ("-h", "--help"):
+        print(TOY_USAGE)
+        return
     if not args or args[0] not in ("train", "eval"):
-        raise ConfigError("usage: splatdreamer toy {train,eval} [--help]")
+        what = f"unknown toy command {args[0]!r}" if args else "a toy command is missing"
+        raise ConfigError(f"{what}; {TOY_USAGE.splitlines()[0]}")
     if args[0] == "train":
         from splatdreamer.toy.train import ToyTrainConfig, train
 

@@ -239,12 +239,16 @@ class GenerateConfig:
             raise ConfigError("the prompt is empty; give one, e.g. --prompt 'a red ball'")
         if not 0 <= self.vsd.t_min < self.vsd.t_max_annealed <= self.vsd.t_max < 1000:
             raise ConfigError(
-                "timesteps must satisfy 0 <= t_min < t_max_annealed <= t_max < 1000, got "
-                f"t_min={self.vsd.t_min}, t_max_annealed={self.vsd.t_max_annealed}, t_max={self.vsd.t_max}"
+                "timesteps must satisfy 0 <= --vsd.t-min < --vsd.t-max-annealed <= --vsd.t-max < 1000, got "
+                f"--vsd.t-min {self.vsd.t_min}, --vsd.t-max-annealed {self.vsd.t_max_annealed}, "
+                f"--vsd.t-max {self.vsd.t_max}"
             )
         self.cameras.ranges()  # checks each range
         if not self.output.formats:
             raise ConfigError("--output.formats is empty; give at least one of ply, splat, ply_compressed")
+        if len(set(self.output.formats)) < len(self.output.formats):
+            twice = sorted({f for f in self.output.formats if self.output.formats.count(f) > 1})
+            raise ConfigError(f"--output.formats names {', '.join(twice)} more than once; give each format once")
 
 
 def prompt_slug(prompt: str) -> str:
@@ -384,9 +388,11 @@ class Bound:
 POSITIVE, NON_NEGATIVE = Bound(0, open_low=True), Bound(0)
 BOUNDS: dict[str, Bound] = {
     "steps": POSITIVE,
-    "particles": POSITIVE,
+    # Upper ends are sanity limits, far above any real setting, that turn a typo (1e8 particles) into an error
+    # instead of minutes of allocation ending in the kernel's out-of-memory killer (a hostile-input pass).
+    "particles": Bound(0, 256, open_low=True),  # the paper uses 1-8
     "seed": Bound(0, 2**63 - 2),  # torch seeds are 64-bit; the device generator takes seed + 1
-    "prior.lora_rank": POSITIVE,
+    "prior.lora_rank": Bound(0, 1024, open_low=True),  # past SD's widest attention layer (1280) it adds nothing
     "prior.phi_lr": NON_NEGATIVE,
     "prior.phi_warmup_steps": NON_NEGATIVE,
     "prior.phi_steps": POSITIVE,
@@ -395,9 +401,9 @@ BOUNDS: dict[str, Bound] = {
     "vsd.cfg_scale": NON_NEGATIVE,
     "vsd.anneal_step": NON_NEGATIVE,
     "vsd.cfg_max_t": Bound(0, 999),  # timesteps run 0..999
-    "vsd.views_per_particle": POSITIVE,
+    "vsd.views_per_particle": Bound(0, 64, open_low=True),
     "vsd.grad_clip": POSITIVE,
-    "splats.num_init": POSITIVE,
+    "splats.num_init": Bound(0, 10_000_000, open_low=True),  # 59 floats each: 2.4 GB per particle at the top
     "splats.init_radius": POSITIVE,
     "splats.init_opacity": Bound(0, 0.999, open_low=True),  # stored as a logit
     "splats.init_scale": POSITIVE,

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -253,6 +254,7 @@ class Generation:
         self.gen_dev = torch.Generator(device=self.device).manual_seed(config.seed + 1)  # noise, VAE, phi
 
         dtype = None if config.prior.dtype == "auto" else getattr(torch, config.prior.dtype)
+        prior_was_loaded = prior is None
         if prior is None:
             prior = DiffusionPrior.from_pretrained(
                 resolve_prior_name(config.prior.name), device=self.device, dtype=dtype, lora_rank=config.prior.lora_rank,
@@ -266,6 +268,8 @@ class Generation:
                 f"use at most {prior.num_train_timesteps - 1}"
             )
         self.text = self.prior.text_embeddings(config.prompt, config.negative_prompt)
+        if prior_was_loaded and (Path(resolve_prior_name(config.prior.name)) / "training.json").exists():
+            _note_unknown_toy_words(config.prompt)  # a prior `toy train` wrote: it knows only the toy words
         self.resolution = config.splats.resolution or self.prior.resolution
         self.schedule = vsd.TimestepSchedule(
             t_min=config.vsd.t_min,
@@ -520,6 +524,20 @@ class Generation:
             sheets.append(sheet)
             gifs.append(gif)
         return Result(self.run_dir, self.particles, files, sheets, gifs, self.run_dir / METRICS, extra)
+
+
+def _note_unknown_toy_words(prompt: str) -> None:
+    """Say so when a prompt for a toy prior holds words it never saw ("a purple ball", "赤いボール"): it runs,
+    but the prior reads those words as noise, and a user would otherwise take the result for its meaning."""
+    from splatdreamer.toy.model import unknown_words
+    from splatdreamer.toy.objects import PROMPTS
+
+    unknown = unknown_words(prompt)
+    if unknown:
+        listed = ", ".join(repr(w) for w in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        print(f"splatdreamer: note: the toy prior knows only the words of its prompts ({'; '.join(PROMPTS)}); "
+              f"{listed} {'is' if len(unknown) == 1 else 'are'} unknown to it and read as noise, not meaning",
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
 def phi_warmup(config: GenerateConfig) -> int:

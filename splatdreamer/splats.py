@@ -48,6 +48,38 @@ def sh_degree_of(splats: torch.nn.ParameterDict) -> int:
     return degree
 
 
+_TRAILING = {"means": (3,), "scales": (3,), "quats": (4,), "opacities": (), "sh0": (1, 3)}  # shN: (K - 1, 3)
+
+
+def check_particle(splats) -> None:
+    """Refuse, with a ConfigError naming the key, what is not a particle `render` can draw: a missing key, a
+    non-tensor, mixed or non-float dtypes, shapes that disagree with `from_tensors`', or tensors on two
+    devices (the Python API's users otherwise meet a dtype error from torch or a bare assertion)."""
+    missing = [k for k in KEYS if k not in splats]
+    if missing:
+        raise ConfigError(f"a particle needs the tensors {', '.join(KEYS)}; this one lacks {', '.join(missing)} "
+                          "(build one with splatdreamer.splats.from_tensors, or load one with load_ply)")  # fmt: skip
+    for key in KEYS:
+        value = splats[key]
+        if not isinstance(value, Tensor):
+            raise ConfigError(f"particle['{key}'] must be a torch tensor, got {type(value).__name__}")
+        if value.dtype != splats["means"].dtype or not value.is_floating_point():
+            raise ConfigError(f"particle['{key}'] is {str(value.dtype).removeprefix('torch.')} and 'means' "
+                              f"{str(splats['means'].dtype).removeprefix('torch.')}; particles are float32 "
+                              "(convert every tensor with .float())")  # fmt: skip
+    n, device = splats["means"].shape[0] if splats["means"].ndim else -1, splats["means"].device
+    for key in KEYS:
+        value = splats[key]
+        want = (n, *_TRAILING[key]) if key != "shN" else (n, value.shape[1] if value.ndim == 3 else -1, 3)
+        if tuple(value.shape) != want or (key == "shN" and round(math.sqrt(want[1] + 1)) ** 2 != want[1] + 1):
+            shape = "[N, K, 3] with K + 1 a square (SH degree 0-3)" if key == "shN" else str([n, *_TRAILING[key]])
+            raise ConfigError(f"particle['{key}'] has shape {list(value.shape)}; expected {shape} "
+                              f"for the {n} Gaussians of 'means' [N, 3]")  # fmt: skip
+        if value.device != device:
+            raise ConfigError(f"particle['{key}'] is on {value.device} and 'means' on {device}; move the whole "
+                              "particle with .to(device)")  # fmt: skip
+
+
 def num_gaussians(splats: torch.nn.ParameterDict) -> int:
     return splats["means"].shape[0]
 

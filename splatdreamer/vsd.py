@@ -14,6 +14,7 @@ the negative prompt; eps_phi is the LoRA + camera embedding on the plain prompt 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +26,7 @@ from splatdreamer.prior import DiffusionPrior, TextEmbeddings
 from splatdreamer.timing import NO_TIMER, Timer
 
 Mode = Literal["vsd", "sds"]
+PhiScore = Callable[[Tensor, Tensor], Tensor]  # (x_t [B, C, h, w], t [B]) -> eps [B, C, h, w]
 
 
 def w(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
@@ -105,6 +107,7 @@ def score_distillation(
     cfg_max_t: int | None = None,
     generator: torch.Generator | None = None,
     timer: Timer = NO_TIMER,
+    phi: PhiScore | None = None,
 ) -> Distillation:
     """The VSD (or SDS) gradient for `latents` and its surrogate loss: the theta half of Algorithm 1.
 
@@ -121,6 +124,8 @@ def score_distillation(
     cfg_max_t: guide only the samples with t <= cfg_max_t; the others get CFG 1 (`VSDConfig.cfg_max_t`).
     generator: for the noise, on the latents' device.
     timer: times the pretrained and phi passes (`splatdreamer.timing`; the loop passes none).
+    phi: VSD's eps_phi in place of the prior's LoRA model, e.g. the exact score of the particles' own mixture
+        (`toy/image_sampler.exact_phi`, the 2D diagnostic); None: `prior.eps_phi`.
     """
     if mode not in ("vsd", "sds"):
         raise ConfigError(f"unknown score-distillation mode {mode!r}; use 'vsd' or 'sds'")
@@ -135,7 +140,10 @@ def score_distillation(
             eps_pretrained = prior.eps_pretrained(x_t, t, y_c, text.negative(b), guidance_at(t, cfg_scale, cfg_max_t))
         if mode == "vsd":
             with timer.part("phi_forward"):
-                eps_phi = prior.eps_phi(x_t, t, text.plain(b), camera, phi_cfg_scale)
+                if phi is None:
+                    eps_phi = prior.eps_phi(x_t, t, text.plain(b), camera, phi_cfg_scale)
+                else:
+                    eps_phi = phi(x_t, t)
         else:  # SDS (DreamFusion): the sampled noise stands in for phi's score
             eps_phi = noise
         weight = w(prior.alphas_cumprod, t).view(-1, *([1] * (latents.ndim - 1)))

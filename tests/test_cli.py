@@ -58,6 +58,27 @@ def test_render_says_when_every_view_is_empty_and_what_the_file_holds(red_ball, 
         assert "note" not in capsys.readouterr().out
 
 
+def test_render_and_convert_of_a_file_without_gaussians_say_so_and_write_nothing(red_ball, tmp_path, capsys):
+    """Found by a hostile-input pass: render wrote its pictures and then failed with a traceback; convert wrote an
+    empty .splat that nothing reads back."""
+    empty = load_ply(red_ball, requires_grad=False)
+    empty = {k: v[:0] for k, v in empty.items()}
+    save_ply(torch.nn.ParameterDict(empty), tmp_path / "none.ply")
+    assert main(["render", str(tmp_path / "none.ply"), "--size", "16", "--frames", "2", "--device", "cpu"]) == 2
+    assert main(["convert", str(tmp_path / "none.ply"), str(tmp_path / "none.splat")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("none.ply holds no Gaussians (its vertex count is 0); there is nothing to") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["none.ply"]
+
+
+def test_toy_help_is_help_and_a_wrong_toy_command_is_named(capsys):
+    """Found by a hostile-input pass: `splatdreamer toy --help` (as docs/usage.md shows) exited 2 with an error."""
+    assert main(["toy", "--help"]) == 0 and main(["toy", "-h"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("usage: splatdreamer toy {train,eval} [--help]") == 2 and "splatdreamer toy eval --help" in out
+    assert main(["toy", "bogus"]) == 2 and "unknown toy command 'bogus'" in capsys.readouterr().err
+
+
 def test_render_of_a_broken_file_is_one_clear_error(tmp_path, capsys):
     bad = tmp_path / "broken.ply"
     bad.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nend_header\n")

@@ -16,7 +16,7 @@ from splatdreamer.presets import PRESETS
     [
         (dict(prompt="   "), "prompt is empty"),
         (dict(steps=0), "--steps must be positive"),
-        (dict(particles=-1), "--particles must be positive"),
+        (dict(particles=-1), r"--particles must be in \(0, 256\], got -1"),
     ],
 )
 def test_validate_rejects_bad_top_level_values(change, match):
@@ -32,7 +32,7 @@ def test_validate_rejects_bad_nested_values():
         config.validate()
     config = GenerateConfig(prompt="a red ball")
     config.vsd.t_max_annealed = 990
-    with pytest.raises(ConfigError, match="t_max_annealed"):
+    with pytest.raises(ConfigError, match="--vsd.t-max-annealed 990"):
         config.validate()
     for bad, match in [(1000, r"--vsd.cfg-max-t must be in \[0, 999\], got 1000"), (-5, r"--vsd.cfg-max-t must be in \[0, 999\], got -5")]:
         config = GenerateConfig(prompt="a red ball")
@@ -159,6 +159,11 @@ def test_lists_are_taken_where_a_setting_is_a_tuple():
         ("output.formats", "ply", r"--output.formats must be a tuple"),
         ("output.formats", ("ply", "obj"), r"--output.formats\[1\] must be one of 'ply', 'splat', 'ply_compressed'"),
         ("output.formats", (), r"--output.formats is empty"),
+        ("output.formats", ("ply", "splat", "ply"), r"--output.formats names ply more than once"),
+        ("particles", 10**8, r"--particles must be in \(0, 256\], got 100000000"),
+        ("vsd.views_per_particle", 10**8, r"--vsd.views-per-particle must be in \(0, 64\], got 100000000"),
+        ("splats.num_init", 10**12, r"--splats.num-init must be in \(0, 10000000\], got 1000000000000"),
+        ("prior.lora_rank", 10**9, r"--prior.lora-rank must be in \(0, 1024\], got 1000000000"),
         ("output.out_dir", 3, r"--output.out-dir must be a path, got 3"),
         ("output.checkpoint_every", -1, r"--output.checkpoint-every must be >= 0, got -1"),
         ("output.preview_every", -1, r"--output.preview-every must be >= 0, got -1"),

@@ -3,6 +3,7 @@ import random
 import socket
 import subprocess
 import sys
+import stat
 import threading
 import tracemalloc
 import warnings
@@ -108,6 +109,27 @@ def test_atomic_write_replaces_only_on_success(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_write(target, "a"):
             pass
+
+
+def test_atomic_write_writes_through_links_and_never_replaces_a_fifo_or_a_folder(tmp_path):
+    """Found by a hostile-input pass: os.replace put a regular file in place of a FIFO, a symbolic link (the file
+    it named was left as it was) and, for root, a device such as /dev/null."""
+    target = tmp_path / "real.ply"
+    target.write_text("old")
+    link = tmp_path / "link.ply"
+    link.symlink_to(target)
+    with atomic_write(link, "w") as f:
+        f.write("new")
+    assert link.is_symlink() and target.read_text() == "new"
+    fifo = tmp_path / "pipe.splat"
+    os.mkfifo(fifo)
+    (tmp_path / "empty").mkdir()
+    for path, kind in [(fifo, "a FIFO"), (tmp_path / "empty", "a folder")]:
+        with pytest.raises(ConfigError, match=f"cannot write {path}: it is {kind}, not a file"):
+            with atomic_write(path, "w") as f:
+                f.write("x")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and (tmp_path / "empty").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "link.ply", "pipe.splat", "real.ply"]
 
 
 def test_atomic_save_torch(tmp_path):

@@ -493,3 +493,31 @@ def test_gsplat_and_reference_agree(packed, mode, sh_degree):
             continue
         scale = grad.abs().max().item()
         torch.testing.assert_close(r_grads[key], grad, atol=5e-3 * scale, rtol=5e-2, msg=key)
+
+
+def test_render_refuses_what_is_not_a_particle_with_the_key_and_the_fix():
+    """Found by a hostile-input pass: float64 particles (NumPy's default), a wrong shape or a missing key met a
+    dtype error from torch, a bare assertion or an AttributeError; a list background and zero cameras too."""
+    ball = S.random_ball(50, generator=torch.Generator().manual_seed(0))
+    views = cams.turntable(2, 16, 16)
+    plain = {k: v.detach() for k, v in ball.items()}
+    for particle, message in [
+        ({k: v.double() for k, v in plain.items()}, "the particle is float64 and the cameras float32; particles are"),
+        ({**plain, "sh0": plain["sh0"].half()}, r"particle\['sh0'\] is float16 and 'means' float32"),
+        ({**plain, "means": plain["means"][:, :2]}, r"particle\['means'\] has shape \[50, 2\]; expected \[50, 3\]"),
+        ({**plain, "sh0": plain["sh0"][:10]}, r"particle\['sh0'\] has shape \[10, 1, 3\]; expected \[50, 1, 3\]"),
+        ({**plain, "shN": torch.zeros(50, 2, 3)}, r"particle\['shN'\] has shape \[50, 2, 3\]; expected \[N, K, 3\]"),
+        ({k: v for k, v in plain.items() if k != "shN"}, "this one lacks shN"),
+        ({**plain, "quats": plain["quats"].tolist()}, r"particle\['quats'\] must be a torch tensor, got list"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            render(particle, views, backend="reference")
+    with pytest.raises(ConfigError, match="render needs one or more Cameras"):
+        render(plain, views[:0], backend="reference")
+    with pytest.raises(ConfigError, match="a turntable needs one or more cameras, got num=0"):
+        cams.turntable(0, 16, 16)
+    with pytest.raises(ConfigError, match="background must be an RGB colour"):
+        render(plain, views, background="white", backend="reference")
+    as_list = render(plain, views, background=[0.0, 0.0, 1.0], backend="reference").rgb
+    as_tensor = render(plain, views, background=torch.tensor([0.0, 0.0, 1.0]), backend="reference").rgb
+    assert torch.equal(as_list, as_tensor) and as_tensor[:, 2, 0, 0].min() > 0.9  # the blue corner

@@ -17,11 +17,11 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from splatdreamer.cameras import DEFAULT_RANGES, VIEW_LABELS, orbit, sample
-from splatdreamer.errors import ConfigError
+from splatdreamer.errors import ConfigError, PriorLoadError
 from splatdreamer.render import render
 from splatdreamer.toy import measure
 from splatdreamer.toy.data import (
-    ToyDataConfig, conditional_weights, draw_batch, load_or_render, object_names, render_dataset, render_views,
+    ToyDataConfig, cache_path, conditional_weights, draw_batch, load_or_render, object_names, render_dataset, render_views,
     training_prompts, unconditional_weights,
 )  # fmt: skip
 from splatdreamer.toy.exact import exact_eps, guided_samples
@@ -191,6 +191,8 @@ def test_prompt_and_object_scales_reweight_the_draws(tmp_path):
         ({"model": ToyModelConfig(block_out_channels=(32, 0))}, "--model.block-out-channels must be positive"),
         ({"model": ToyModelConfig(block_out_channels=())}, "--model.block-out-channels needs one or more"),
         ({"model": ToyModelConfig(beta_schedule="bogus")}, "unknown --model.beta-schedule 'bogus'; choose one of"),
+        ({"prompt_scale": {"a ball": 1e308, "a red ball": 1e308}}, r"prompt_scale takes factors in \(0, 1e\+06\]"),
+        ({"data": ToyDataConfig(backend="gsplat")}, "--data.backend gsplat: the toy data is rendered on the CPU"),
     ],
 )
 def test_train_config_refuses_numbers_that_would_crash_or_save_nan_weights(change, message):
@@ -398,6 +400,67 @@ def test_training_uses_the_posterior_target_only_when_asked(tmp_path, monkeypatc
     assert json.loads((tmp_path / "b" / "training.json").read_text())["config"]["target"] == "posterior"
 
 
+def test_train_refuses_an_out_dir_it_would_wipe_and_sizes_that_cannot_build_before_any_data(tmp_path, monkeypatch):
+    """Found by a hostile-input pass: every save replaces --out-dir whole, so a folder of the user's (or the current
+    folder) was deleted with exit 0; sizes diffusers rejects failed with its traceback after the data had loaded."""
+    monkeypatch.chdir(tmp_path)
+    rendered = []
+    monkeypatch.setattr(train_module, "load_or_render", lambda *a: rendered.append(a))
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep")
+    (tmp_path / "afile").write_text("keep")
+    common = dict(data_dir=tmp_path / "data", data=ToyDataConfig(views_per_prompt=1, resolution=16), model=TINY_MODEL,
+                  steps=1, batch_size=2)  # fmt: skip
+    for out, message in [
+        (mine, "mine holds notes.txt, sub, which are not a toy prior's"), (Path("."), "names no folder of its own"),
+        (tmp_path, "is the current folder or holds it"), (tmp_path / "afile", "afile is a file"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            train(ToyTrainConfig(out_dir=out, **common))
+    for model, message in [
+        (dataclasses.replace(TINY_MODEL, max_length=4), "max-length 4 is shorter than the longest toy prompt"),
+        (dataclasses.replace(TINY_MODEL, block_out_channels=(33, 64)), r"num_channels \(33\) must be divisible"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            train(ToyTrainConfig(out_dir=tmp_path / "new", **{**common, "model": model}))
+    assert rendered == [] and (mine / "notes.txt").read_text() == "keep" and (tmp_path / "afile").read_text() == "keep"
+
+
+def test_a_damaged_dataset_cache_is_rendered_again(tmp_path, capsys):
+    config = ToyDataConfig(views_per_prompt=1, resolution=16)
+    first = load_or_render(config, tmp_path)
+    path = cache_path(config, tmp_path)
+    path.write_bytes(path.read_bytes()[:200])  # cut short, as a full disk or a kill outside the rename would
+    again = load_or_render(config, tmp_path)
+    assert "rendering it again" in capsys.readouterr().out and torch.equal(again.images, first.images)
+    assert torch.equal(load_or_render(config, tmp_path).images, first.images)  # and the cache is whole again
+    assert "rendering" not in capsys.readouterr().out
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="--data-dir .*afile is a file"):
+        load_or_render(config, tmp_path / "afile")
+
+
+def test_a_prompt_with_words_the_toy_prior_never_saw_gets_a_note(tmp_path, capsys):
+    """Found by a hostile-input pass: "a purple ball" and "赤いボール" ran on the toy prior without a word, although
+    it reads unknown words as noise (the Japanese prompt encodes exactly as the empty prompt)."""
+    import importlib
+
+    from splatdreamer.presets import toy
+    from splatdreamer.toy.model import unknown_words
+
+    assert unknown_words("A Red ball, front view") == [] and unknown_words("a two-tone cube") == []
+    assert unknown_words("a purple ball, purple") == ["purple"] and unknown_words("赤いボール") == ["赤いボール"]
+    generate = importlib.import_module("splatdreamer.generate").generate
+    for prompt, noted in [("a purple ball", True), ("a red ball", False)]:
+        config = toy()
+        config.prompt, config.steps, config.particles = prompt, 1, 1
+        config.output.out_dir, config.output.preview_size, config.output.turntable_frames = tmp_path / prompt, 16, 2
+        generate(config)
+        err = capsys.readouterr().err
+        assert ("'purple' is unknown to it and read as noise" in err) == noted and ("note" in err) == noted, err
+
+
 def test_init_from_starts_at_the_given_prior(tmp_path):
     data = ToyDataConfig(views_per_prompt=4, resolution=16)
     common = dict(data_dir=tmp_path / "data", data=data, model=TINY_MODEL, batch_size=4, warmup_steps=1, log_every=1)
@@ -495,6 +558,12 @@ def small_eval_base():
     return base
 
 
+def _prior_named(name: str):
+    base = small_eval_base()
+    base.prior.name = name
+    return base
+
+
 def test_eval_runs_each_method_and_seed_and_reuses_only_identical_runs(tmp_path, monkeypatch, capsys):
     from splatdreamer.toy import evaluate as ev
 
@@ -547,7 +616,7 @@ def test_eval_methods_name_their_objective_and_cfg():
     from splatdreamer.toy.evaluate import parse_method, run_config, ToyEvalConfig
 
     assert parse_method("vsd-7.5") == ("vsd", 7.5) and parse_method("sds-100") == ("sds", 100.0)
-    for bad in ("vsd", "sds-x", "gan-7.5", "vsd--1", "vsd-nan"):
+    for bad in ("vsd", "sds-x", "gan-7.5", "vsd--1", "vsd-nan", "vsd- 7.5"):
         with pytest.raises(ConfigError, match="MODE-CFG"):
             parse_method(bad)
     gen = run_config(ToyEvalConfig(), "a ball", "sds-1", seed=2)
@@ -572,6 +641,9 @@ def test_eval_methods_name_their_objective_and_cfg():
         ({"picture": Path("/nonexistent/p.png")}, "--picture /nonexistent/p.png: the folder /nonexistent does not"),
         ({"report": Path("/")}, "--report / is a folder; give a file name such as /benchmarks.md"),
         ({"report": Path(__file__) / "r.md"}, f"--report {Path(__file__) / 'r.md'}: {Path(__file__)} is a file, not"),
+        ({"out_dir": Path(__file__) / "eval"}, f"--out-dir {Path(__file__) / 'eval'}: {Path(__file__)} is a file"),
+        ({"space": "image", "picture": Path("p.png")}, "--space image writes one sheet of particles per run under"),
+        ({"space": "image", "base": _prior_named("nowhere")}, "the prior directory 'nowhere' does not exist"),
     ],
 )
 def test_eval_refuses_bad_settings_before_any_run(tmp_path, monkeypatch, change, message):
@@ -582,7 +654,7 @@ def test_eval_refuses_bad_settings_before_any_run(tmp_path, monkeypatch, change,
     monkeypatch.setattr(ev, "evaluate_images", lambda *a, **k: pytest.fail("the 2D check started"))
     config = ev.ToyEvalConfig(base=small_eval_base(), out_dir=tmp_path, report=tmp_path / "r.md")
     config = dataclasses.replace(config, **change)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises((ConfigError, PriorLoadError), match=message):
         ev.evaluate(config)
     assert not list(tmp_path.iterdir())
 
@@ -613,6 +685,47 @@ def test_classify_colors_names_each_ball_and_an_average_is_not_a_ball_colour():
     tinted = images[1:2] * 0.9  # a yellow ball on a grey-tinted frame is still yellow
     labels = classify_colors(torch.cat([images, blank, mixed, tinted]))
     assert labels == [*BALL_COLORS, EMPTY, "purple", "yellow"]
+
+
+def test_exact_phi_is_the_score_of_the_particles_own_mixture():
+    """exact_phi's eps at x_t is (x_t - sqrt(abar) E[x0 | x_t]) / sqrt(1 - abar) under the uniform mixture of the
+    particles, computed here from the Gaussian likelihoods directly; a particle noised at low t gets back its
+    own noise, and at high t the mixture's mean decides."""
+    from splatdreamer.toy.image_sampler import exact_phi
+
+    gen = torch.Generator().manual_seed(0)
+    abar = torch.linspace(0.9999, 0.0005, 1000, dtype=torch.float64).float()
+    particles = torch.randn(3, 2, 2, 2, generator=gen)
+    x_t = torch.randn(5, 2, 2, 2, generator=gen) * 2
+    t = torch.tensor([5, 300, 600, 900, 999])
+    got = exact_phi(particles, abar)(x_t, t)
+    a = abar[t].double().view(-1, 1, 1, 1, 1)
+    d2 = (x_t.double()[:, None] - a.sqrt() * particles.double()[None]).pow(2).sum((2, 3, 4), keepdim=True)
+    w = torch.softmax(-d2 / (2 * (1 - a)), dim=1)
+    mean = (w * particles.double()[None]).sum(1)
+    want = (x_t.double() - a[:, 0].sqrt() * mean) / (1 - a[:, 0]).sqrt()
+    assert torch.allclose(got.double(), want, atol=1e-5)
+    noise = torch.randn(particles.shape, generator=gen)
+    low = torch.full((3,), 5)
+    a = abar[low].view(-1, 1, 1, 1)
+    assert torch.allclose(exact_phi(particles, abar)(a.sqrt() * particles + (1 - a).sqrt() * noise, low), noise, atol=1e-4)
+
+
+def test_vsd_with_the_exact_phi_of_one_particle_is_sds():
+    """One particle's own mixture is a single point, whose exact eps is the drawn noise: VSD with `phi="exact"`
+    then takes SDS's steps exactly, image for image (and never trains the LoRA)."""
+    from splatdreamer.prior import DiffusionPrior
+    from splatdreamer.toy.image_sampler import ImageRunConfig, distill_images
+
+    torch.set_num_threads(1)
+    prior = DiffusionPrior.from_pretrained(SHIPPED)
+    lora = [p.detach().clone() for p in prior.phi_parameters()]
+    sds = distill_images(prior, "a ball", ImageRunConfig(mode="sds", particles=1, steps=6))
+    exact = distill_images(prior, "a ball", ImageRunConfig(mode="vsd", phi="exact", particles=1, steps=6))
+    assert all(torch.equal(p, q) for p, q in zip(lora, prior.phi_parameters()))
+    assert (exact - sds).abs().max() < 1e-5
+    lora_run = distill_images(prior, "a ball", ImageRunConfig(mode="vsd", particles=1, steps=6))
+    assert (lora_run - sds).abs().max() > 1e-3  # the LoRA's phi is not the noise
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ from typing import IO, Any
 
 import torch
 
+from splatdreamer.errors import ConfigError
+from splatdreamer.io.files import kind_of
 
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # the names atomic_write writes to
 
@@ -28,11 +30,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     directories are created. The temporary file (`.<name>.<random>.tmp` in the same directory,
     so `os.replace` never crosses filesystems) is flushed and fsynced before the rename, and
     removed if the block raises anything, KeyboardInterrupt included. The new file gets the
-    permissions a plain `open(path, "w")` would give it (0o666 minus the umask).
+    permissions a plain `open(path, "w")` would give it (0o666 minus the umask). A symbolic link is
+    written through (its target is replaced, the link kept); a device, FIFO or folder at `path` is refused
+    with a ConfigError before anything is written.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write supports mode 'wb' or 'w', not {mode!r}")
     path = Path(path)
+    if path.is_symlink():  # write where the link points and keep the link, as open(path, "w") would
+        path = Path(os.path.realpath(path))
+    with contextlib.suppress(FileNotFoundError):
+        kind = kind_of(path.stat().st_mode)
+        if kind is not None:  # os.replace would put a file in place of a device, a FIFO or an empty folder
+            raise ConfigError(f"cannot write {path}: it is {kind}, not a file; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     # os.open with O_EXCL and mode 0o666 applies the umask, unlike tempfile's private 0o600.
     while True:

@@ -1,7 +1,8 @@
-"""Opening a file a user named, safely: only a regular file, never a device or a FIFO.
+"""Files a user names are regular files: never a device, a FIFO or a folder.
 
 A device named by mistake (/dev/zero) would be read until memory runs out, a FIFO would wait for a writer
-forever. The file is opened without blocking, checked, and only then read as usual.
+forever. A file is opened without blocking, checked, and only then read as usual; `atomic_write` refuses to
+put a new file in the place of anything that is not one (it would replace /dev/null for root).
 """
 
 from __future__ import annotations
@@ -19,18 +20,26 @@ class NotARegularFile(Exception):
         self.kind = kind
 
 
+def kind_of(mode: int) -> str | None:
+    """What a path with this st_mode is, in words, when it is not a regular file ("a folder", "a FIFO",
+    "a device"); None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
 def open_regular_file(path: str | os.PathLike) -> BinaryIO:
     """Open `path` for binary reading, only if it is a regular file: else `NotARegularFile`, for the caller
     to word. OSError (a missing file, no permission) is the caller's too."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            if stat.S_ISDIR(mode):
-                raise NotARegularFile("a folder")
-            if stat.S_ISFIFO(mode):
-                raise NotARegularFile("a FIFO")
-            raise NotARegularFile("a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        kind = kind_of(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise NotARegularFile(kind)
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")

@@ -164,7 +164,7 @@ class DiffusionPrior:
         layout = loading.check(loading.resolve(path_or_hub_id))
         phi_layout = None if phi_base is None else loading.check(loading.resolve(phi_base), phi_base=True)
         d, variant = layout.directory, layout.variant
-        with _converting_load_errors(d):
+        with converting_load_errors(d):
             unet = UNet2DConditionModel.from_pretrained(d, subfolder="unet", torch_dtype=dtype, variant=variant)
             text_encoder = CLIPTextModel.from_pretrained(d, subfolder="text_encoder", dtype=dtype, variant=variant)
             tokenizer = CLIPTokenizer.from_pretrained(d, subfolder="tokenizer")
@@ -175,7 +175,7 @@ class DiffusionPrior:
         phi_unet = phi_scheduler = None
         if phi_layout is not None:
             d, variant = phi_layout.directory, phi_layout.variant
-            with _converting_load_errors(d):
+            with converting_load_errors(d):
                 phi_unet = UNet2DConditionModel.from_pretrained(d, subfolder="unet", torch_dtype=dtype, variant=variant)
                 phi_scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(d, subfolder="scheduler"))
         return cls(
@@ -389,7 +389,7 @@ class DiffusionPrior:
 
 
 @contextlib.contextmanager
-def _converting_load_errors(directory: Path) -> Iterator[None]:
+def converting_load_errors(directory: Path) -> Iterator[None]:
     """What diffusers/transformers raise on a corrupt or mismatched directory -> one PriorLoadError."""
     try:
         yield

@@ -19,7 +19,7 @@ from torch import Tensor
 from splatdreamer.cameras import Cameras
 from splatdreamer.errors import BackendUnavailableError, ConfigError
 from splatdreamer.render import gsplat_backend, reference
-from splatdreamer.splats import activate, sh_degree_of
+from splatdreamer.splats import activate, check_particle, sh_degree_of
 
 BACKENDS = ("auto", "gsplat", "reference")
 RASTERIZE_MODES = ("classic", "antialiased")
@@ -86,6 +86,14 @@ def render(
     rasterize_mode, packed, eps2d, near_plane, far_plane, absgrad: as in `gsplat.rasterization`; pass
     the same `packed` to `DefaultStrategy.step_post_backward`.
     """
+    check_particle(splats)
+    if not isinstance(cameras, Cameras) or len(cameras) == 0:
+        raise ConfigError(f"render needs one or more Cameras (splatdreamer.cameras), got "
+                          f"{len(cameras) if isinstance(cameras, Cameras) else type(cameras).__name__}")  # fmt: skip
+    if cameras.viewmats.dtype != splats["means"].dtype:  # float64 is for gradient checks, with float64 cameras
+        raise ConfigError(f"the particle is {str(splats['means'].dtype).removeprefix('torch.')} and the cameras "
+                          f"{str(cameras.viewmats.dtype).removeprefix('torch.')}; particles are float32 (convert "
+                          "every tensor with .float())")  # fmt: skip
     device = splats["means"].device
     backend = resolve_backend(backend, device)
     if rasterize_mode not in RASTERIZE_MODES:
@@ -97,6 +105,11 @@ def render(
         raise ConfigError(f"sh_degree must lie in 0..{own_degree} (the particle's SH degree), got {sh_degree}")
     n_cams = len(cameras)
     if background is not None:
+        if not isinstance(background, Tensor):  # a colour as a tuple or list, e.g. (1, 1, 1)
+            try:
+                background = torch.as_tensor(background, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                raise ConfigError(f"background must be an RGB colour such as (1, 1, 1), got {background!r}") from None
         if background.shape not in ((3,), (n_cams, 3)):
             raise ConfigError(f"background must have shape [3] or [{n_cams}, 3], got {list(background.shape)}")
         background = background.to(device=device, dtype=splats["means"].dtype).expand(n_cams, 3)

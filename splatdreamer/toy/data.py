@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -119,16 +120,21 @@ def cache_path(config: ToyDataConfig, cache_dir: str | Path) -> Path:
 def load_or_render(config: ToyDataConfig, cache_dir: str | Path) -> ToyDataset:
     """The dataset for `config`, read from `cache_dir` if it was rendered before, else rendered and cached."""
     path = cache_path(config, cache_dir)
+    if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise ConfigError(f"--data-dir {cache_dir} is a file; the dataset cache is a folder, choose another name")
     if path.exists():
-        z = np.load(path)
-        return ToyDataset(
-            images=torch.from_numpy(z["images"]),
-            prompt_index=torch.from_numpy(z["prompt_index"]),
-            variant_index=torch.from_numpy(z["variant_index"]),
-            labels=[str(s) for s in z["labels"]],
-            elevation=torch.from_numpy(z["elevation"]),
-            azimuth=torch.from_numpy(z["azimuth"]),
-        )
+        try:
+            with np.load(path) as z:
+                return ToyDataset(
+                    images=torch.from_numpy(z["images"]),
+                    prompt_index=torch.from_numpy(z["prompt_index"]),
+                    variant_index=torch.from_numpy(z["variant_index"]),
+                    labels=[str(s) for s in z["labels"]],
+                    elevation=torch.from_numpy(z["elevation"]),
+                    azimuth=torch.from_numpy(z["azimuth"]),
+                )
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:  # damaged by hand or by a full disk
+            print(f"data: the cache {path} cannot be read ({type(e).__name__}: {e}); rendering it again", flush=True)
     data = render_dataset(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")  # write-then-rename: a killed run never leaves half a cache
@@ -155,11 +161,15 @@ def world_objects() -> list[str]:
     return sorted({v.name for prompt in PROMPTS for v in variants(prompt)})
 
 
+MAX_SCALE = 1e6  # a share a million times another's already leaves the others undrawn
+
+
 def check_scale(what: str, scale: dict[str, float], known: Sequence[str]) -> dict[str, float]:
-    """`scale` if every key is one of `known` and every factor positive, else a ConfigError naming `what`."""
-    bad = {k: v for k, v in scale.items() if k not in known or not v > 0}
+    """`scale` if every key is one of `known` and every factor in (0, 1e6], else a ConfigError naming `what`
+    (factors near the float range made the sampling weights sum to infinity, and every draw the same image)."""
+    bad = {k: v for k, v in scale.items() if k not in known or not 0 < v <= MAX_SCALE}
     if bad:
-        raise ConfigError(f"{what} takes positive factors for {', '.join(known)}; got {bad}")
+        raise ConfigError(f"{what} takes factors in (0, {MAX_SCALE:g}] for {', '.join(known)}; got {bad}")
     return scale
 
 

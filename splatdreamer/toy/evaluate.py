@@ -64,7 +64,7 @@ def parse_method(method: str) -> tuple[str, float]:
         cfg = float(scale)
     except ValueError:
         cfg = math.nan
-    if mode not in ("vsd", "sds") or not math.isfinite(cfg) or cfg < 0:
+    if mode not in ("vsd", "sds") or not math.isfinite(cfg) or cfg < 0 or scale != scale.strip():
         raise ConfigError(f"unknown method {method!r}; write MODE-CFG with MODE vsd or sds, e.g. vsd-7.5 or sds-100")
     return mode, cfg
 
@@ -92,6 +92,9 @@ class ToyEvalConfig:
     image_init: Literal["grey", "colors"] = "grey"
     """How image particles start (--space image): all mid grey, or each its own random flat colour (the 2D
     counterpart of the toy preset's random colour per 3D particle). Both with pixel noise."""
+    image_phi: Literal["lora", "exact"] = "lora"
+    """VSD's phi for image particles (--space image): the LoRA model trained alongside (the paper's), or the exact
+    score of the particles' own mixture (what a perfectly fitted phi gives; `image_sampler.exact_phi`)."""
     ancestral_samples: int = 64
     """Ancestral samples of the prior counted per CFG (--space image)."""
     out_dir: Path = Path("runs/toy-eval")
@@ -335,6 +338,18 @@ def check_config(config: ToyEvalConfig) -> None:
     unknown = [p for p in config.prompts if p not in PROMPTS]
     if unknown:
         raise ConfigError(f"{unknown[0]!r} is not a toy prompt; the toy prompts are {', '.join(PROMPTS)}")
+    out = Path(config.out_dir)
+    blocked = next((a for a in (out, *out.parents) if a.exists() and not a.is_dir()), None)
+    if blocked is not None:
+        raise ConfigError(f"--out-dir {out}: {blocked} is a file, not a folder; choose another --out-dir")
+    if config.space == "image":  # the 3D runs check their prior in generate(); the 2D check loads it itself
+        from splatdreamer.generate import resolve_prior_name
+        from splatdreamer.prior import loading
+
+        loading.check(loading.resolve(resolve_prior_name(config.base.prior.name)))
+    if config.space == "image" and config.picture is not None:
+        raise ConfigError(f"--picture draws the 3D runs beside the truth; --space image writes one sheet of "
+                          f"particles per run under {config.out_dir / 'image'} instead: leave --picture out")  # fmt: skip
     for name, example in (("report", "benchmarks.md"), ("picture", "toy_eval.png")):
         path = getattr(config, name)
         if path is None:
@@ -417,13 +432,13 @@ def evaluate_images(config: ToyEvalConfig) -> str:
                         mode=mode, cfg_scale=scale, cfg_max_t=config.base.vsd.cfg_max_t,
                         particles=config.image_particles, steps=config.image_steps,
                         phi_lr=config.base.prior.phi_lr, phi_steps=config.base.prior.phi_steps, seed=seed,
-                        init=config.image_init,
+                        init=config.image_init, phi=config.image_phi,
                     )  # fmt: skip
                     images = im.distill_images(prior, prompt, run)
                     labels = im.classify_colors(images)
                     counts.append(im.count_row(f"{prompt}: {mode} seed {seed}", scale, Counter(labels), len(labels)))
                     print(counts[-1], flush=True)
-                    if mode == "vsd":
+                    if mode == "vsd" and config.image_phi == "lora":
                         fits.append(im.fit_row(f"{prompt}: {method} seed {seed}", im.phi_fit(prior, images, prompt)))
                         print(fits[-1], flush=True)
                     save_png(
@@ -436,10 +451,12 @@ def evaluate_images(config: ToyEvalConfig) -> str:
         + "\n".join(recognised)
         + "\n\nColours of the prior's samples and of the image particles:\n\n"
         + "\n".join(counts)
-        + "\n\nphi's fit to the VSD particles at the end (its epsilon error over the pretrained model's, "
-        + "`image_sampler.phi_fit`; below 1 where phi knows the particles better):\n\n"
-        + "\n".join(fits)
     )
+    if len(fits) > 1:  # none with --image-phi exact, or with SDS alone
+        text += (
+            "\n\nphi's fit to the VSD particles at the end (its epsilon error over the pretrained model's, "
+            "`image_sampler.phi_fit`; below 1 where phi knows the particles better):\n\n" + "\n".join(fits)
+        )
     print(text)
     if config.report is not None:
         with open(config.report, "a") as f:

@@ -21,6 +21,7 @@ from torch import Tensor
 from splatdreamer import vsd
 from splatdreamer.prior import DiffusionPrior
 from splatdreamer.toy import measure
+from splatdreamer.toy.exact import eps_from_x0, posterior_mean
 from splatdreamer.toy.objects import PALETTE
 from splatdreamer.toy.sample import MAX_COLOR_ERROR
 
@@ -63,6 +64,11 @@ class ImageRunConfig:
     lr: float = 0.01  # Adam on pixels in [0, 1]; ~0.01 per step moves a pixel across the range in ~100 steps
     phi_lr: float = 1e-3  # the toy preset's phi rate
     phi_steps: int = 1  # phi updates per particle update
+    phi: Literal["lora", "exact"] = "lora"
+    """lora: phi is the prior's LoRA + camera model, trained alongside (the paper's VSD). exact: eps_phi is the exact
+    score of the particles' own mixture at each step (`exact_phi`): the phi a LoRA would converge to if it
+    could fit the particles perfectly, so a run shows what VSD's force between particles does with no fitting
+    error."""
     init: Literal["grey", "colors"] = "grey"
     """grey: every particle mid grey plus pixel noise. colors: each particle its own random flat colour plus
     pixel noise, the 2D counterpart of the toy preset's random initial colours per 3D particle."""
@@ -74,13 +80,34 @@ class ImageRunConfig:
     seed: int = 0
 
 
+def exact_phi(particles: Tensor, alphas_cumprod: Tensor) -> vsd.PhiScore:
+    """The exact epsilon of the noised particle distribution, a uniform mixture of the [K, C, h, w] latents
+    `particles`: eps(x_t, t) = (x_t - sqrt(abar_t) E[x0 | x_t]) / sqrt(1 - abar_t), with the posterior mean over
+    the K particles (`toy/exact.py`). It is the minimum-error phi for the current particles (VSD's
+    eps_phi estimates exactly this score of q_t); computed in float64."""
+    flat = particles.detach().flatten(1).double()
+    log_pi = torch.full((len(flat),), -math.log(len(flat)), dtype=torch.float64, device=flat.device)
+    sq = flat.pow(2).sum(1)
+
+    def eps(x_t: Tensor, t: Tensor) -> Tensor:
+        x = x_t.flatten(1).double()
+        abar = alphas_cumprod.to(x.device)[t].double()
+        return eps_from_x0(x, abar, posterior_mean(x, abar, flat, log_pi, sq)).view_as(x_t).to(x_t.dtype)
+
+    return eps
+
+
 def distill_images(prior: DiffusionPrior, prompt: str, config: ImageRunConfig) -> Tensor:
     """Optimise `config.particles` images with VSD or SDS against `prompt` -> [K, 3, H, W] in [0, 1].
 
     The particles start as `config.init` says, with independent pixel noise. There is no camera: phi gets the
     zero camera condition for every particle (its camera embedding of zero is a constant it learns like any
     bias). phi is trained in place: `phi_fit(prior, images, prompt)` afterwards says how well it learnt them.
+    With `config.phi == "exact"` the LoRA is neither used nor trained: eps_phi is `exact_phi` of the current
+    particles at every step.
     """
+    if config.phi not in ("lora", "exact"):
+        raise ValueError(f"unknown phi {config.phi!r}; use 'lora' or 'exact'")
     k, size = config.particles, prior.resolution
     gen_cpu = torch.Generator().manual_seed(config.seed)
     gen_dev = torch.Generator(device=prior.device).manual_seed(config.seed + 1)
@@ -108,13 +135,14 @@ def distill_images(prior: DiffusionPrior, prompt: str, config: ImageRunConfig) -
         out = vsd.score_distillation(
             prior, latents, t, text=text, view_labels=None, camera=camera, mode=config.mode,
             cfg_scale=config.cfg_scale, cfg_max_t=config.cfg_max_t, generator=gen_dev,
+            phi=exact_phi(latents, prior.alphas_cumprod) if config.phi == "exact" else None,
         )  # fmt: skip
         opt.zero_grad(set_to_none=True)
         (out.loss * k).backward()  # each particle moves by its own score gradient, as in the 3D loop
         opt.step()
         with torch.no_grad():
             images.clamp_(0, 1)
-        if config.mode == "vsd":
+        if config.mode == "vsd" and config.phi == "lora":
             for _ in range(config.phi_steps):
                 loss = prior.phi_loss(
                     latents.detach(), text.plain(k), camera, generator=gen_dev, camera_dropout=config.camera_dropout

@@ -73,6 +73,14 @@ def toy_words() -> list[str]:
     return sorted(words)
 
 
+def unknown_words(prompt: str) -> list[str]:
+    """The words of `prompt` outside the toy vocabulary (`toy_words`, any case), in order, each once. The toy
+    tokenizer spells them from letters or drops them, so the prior reads them as noise, not meaning."""
+    known = set(toy_words())
+    words = prompt.lower().replace(",", " , ").replace("-", " - ").split()
+    return list(dict.fromkeys(w for w in words if w not in known))
+
+
 def learn_bpe(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Byte-pair merges that turn each of `words` into one token, and the vocabulary they need.
 
@@ -190,13 +198,19 @@ def save(parts: ToyPriorParts, directory: str | Path) -> None:
 
 def load(directory: str | Path) -> ToyPriorParts:
     """Read a prior directory written by `save` (or any pixel-space SD-layout directory)."""
-    directory = Path(directory)
-    return ToyPriorParts(
-        unet=UNet2DConditionModel.from_pretrained(directory / "unet"),
-        text_encoder=CLIPTextModel.from_pretrained(directory / "text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(directory / "tokenizer"),
-        scheduler=DDPMScheduler.from_pretrained(directory / "scheduler"),
-    )
+    from splatdreamer.prior import loading
+    from splatdreamer.prior.diffusion import converting_load_errors
+
+    # The checks `generate` makes: a local directory (or a hub id already cached) of the right layout, never a
+    # download, and one PriorLoadError for damaged weights instead of a library's traceback.
+    directory = loading.check(loading.resolve(directory)).directory
+    with converting_load_errors(directory):
+        return ToyPriorParts(
+            unet=UNet2DConditionModel.from_pretrained(directory / "unet"),
+            text_encoder=CLIPTextModel.from_pretrained(directory / "text_encoder"),
+            tokenizer=CLIPTokenizer.from_pretrained(directory / "tokenizer"),
+            scheduler=DDPMScheduler.from_pretrained(directory / "scheduler"),
+        )
 
 
 def encode_prompts(parts: ToyPriorParts, prompts: list[str]) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import tyro
 from torch import Tensor
 
+from splatdreamer.cameras import VIEW_LABELS
 from splatdreamer.config import BOUNDS, NON_NEGATIVE, POSITIVE, Bound, check_fields
 from splatdreamer.errors import ConfigError
 from splatdreamer.prior.text import view_prompt
@@ -29,7 +30,9 @@ from splatdreamer.toy.data import (
     world_objects,
 )  # fmt: skip
 from splatdreamer.toy.exact import eps_from_x0, posterior_mean
-from splatdreamer.toy.model import ToyModelConfig, ToyPriorParts, build, encode_prompts, load, save
+from splatdreamer.toy.model import (
+    ToyModelConfig, ToyPriorParts, build, build_tokenizer, encode_prompts, load, save,
+)  # fmt: skip
 from splatdreamer.toy.objects import PROMPTS
 
 # The schedules diffusers' DDPMScheduler implements in every version this project supports (>= 0.30).
@@ -138,6 +141,9 @@ class ToyTrainConfig:
                 f"init_from {self.init_from} is not a prior directory (no unet/config.json); pass a directory "
                 "that `toy train` wrote, e.g. splatdreamer/toy/prior"
             )
+        if self.data.backend == "gsplat":  # the objects are built on the CPU, where gsplat's kernels cannot run
+            raise ConfigError("--data.backend gsplat: the toy data is rendered on the CPU, which gsplat cannot do; "
+                              "use --data.backend reference (the default)")  # fmt: skip
         check_scale("prompt_scale", self.prompt_scale, PROMPTS)
         check_scale("uncond_object_scale", self.uncond_object_scale, world_objects())
         if self.data.resolution != self.model.resolution:
@@ -248,8 +254,57 @@ def save_atomic(parts: ToyPriorParts, out_dir: Path, meta: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# What `save_atomic` writes: a folder holding anything else is not a prior, and each save replaces it whole.
+PRIOR_ENTRIES = frozenset({"model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae", "training.json"})
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an --out-dir whose replacement would delete what is not a prior: each save swaps the whole folder
+    (and clears its .tmp and .old siblings), so a folder of the user's would be lost without a word."""
+    out = Path(out_dir)
+    if out.name in ("", ".", ".."):
+        raise ConfigError(f"--out-dir {out_dir} names no folder of its own; give a new folder, e.g. .prior_train/mine")
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ConfigError(f"--out-dir {out_dir} is the current folder or holds it, and every save replaces the whole "
+                          "folder; give a new folder, e.g. .prior_train/mine")  # fmt: skip
+    for folder in (out, out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")):
+        if not folder.exists() and not folder.is_symlink():
+            continue
+        if not folder.is_dir() or folder.is_symlink():
+            raise ConfigError(f"--out-dir {out_dir}: {folder} is {'a link' if folder.is_symlink() else 'a file'}, "
+                              "which a save would replace; choose another --out-dir")  # fmt: skip
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in PRIOR_ENTRIES)
+        if foreign:
+            listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ConfigError(
+                f"--out-dir {out_dir}: {folder} holds {listed}, which are not a toy prior's, and every save replaces "
+                "that folder whole; choose a new or empty folder, or a prior's own folder to overwrite it"
+            )
+
+
+def check_model(model: ToyModelConfig) -> None:
+    """Refuse --model sizes that diffusers or transformers would reject only after the data has been rendered."""
+    tokenizer = build_tokenizer(max_length=1024)
+    longest = max(len(tokenizer(view_prompt(p, label)).input_ids) for p in PROMPTS for label in VIEW_LABELS)
+    if model.max_length < longest:
+        raise ConfigError(f"--model.max-length {model.max_length} is shorter than the longest toy prompt with its view "
+                          f"({longest} tokens); use at least {longest}")  # fmt: skip
+    with torch.random.fork_rng():  # a trial build: the real one, later, draws the same initial weights
+        try:
+            build(model, seed=0)
+        except Exception as e:  # ValueError from diffusers, a validation error of huggingface_hub's from transformers
+            why = str(e.__cause__ or e).strip().splitlines()[-1].strip() or type(e).__name__
+            d = ToyModelConfig()
+            raise ConfigError(f"the --model.* sizes do not fit together ({why}); the defaults fit: --model.block-out-"
+                              f"channels {' '.join(map(str, d.block_out_channels))} --model.text-hidden-size "
+                              f"{d.text_hidden_size} --model.attention-heads {d.attention_heads}") from None  # fmt: skip
+
+
 def train(config: ToyTrainConfig) -> TrainResult:
     """Render (or load) the toy dataset and train a toy prior on it; the EMA weights go to config.out_dir."""
+    check_out_dir(config.out_dir)
+    check_model(config.model)
     torch.set_num_threads(config.num_threads)
     start = time.time()
     data = load_or_render(config.data, config.data_dir)
@@ -267,7 +322,11 @@ def train(config: ToyTrainConfig) -> TrainResult:
             parts.unet.load_state_dict(start_from.unet.state_dict())
             parts.text_encoder.load_state_dict(start_from.text_encoder.state_dict())
         except RuntimeError as e:
-            raise ConfigError(f"init_from {config.init_from} has other model sizes than --model: {e}") from None
+            sizes = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
+            first = sizes[0] if sizes else str(e).splitlines()[0]
+            more = f" (and {len(sizes) - 1} more)" if len(sizes) > 1 else ""
+            raise ConfigError(f"--init-from {config.init_from} has other model sizes than --model: {first}{more}; "
+                              "give the --model.* sizes it was trained with") from None  # fmt: skip
     ema = ToyPriorParts(copy.deepcopy(parts.unet), copy.deepcopy(parts.text_encoder), parts.tokenizer, parts.scheduler)
     trained = [*parts.unet.parameters(), *parts.text_encoder.parameters()]
     averaged = [*ema.unet.parameters(), *ema.text_encoder.parameters()]
