@@ -53,6 +53,7 @@ from splatdreamer.io.export import export
 from splatdreamer.optimize import ParticleOptimizer
 from splatdreamer.preview import write_previews
 from splatdreamer.prior import DiffusionPrior
+from splatdreamer.prior.text import view_prompt
 from splatdreamer.render import render, resolve_backend
 from splatdreamer.splats import all_finite, check_finite, num_gaussians, random_ball
 from splatdreamer.timing import NO_TIMER, Timer
@@ -270,6 +271,7 @@ class Generation:
         self.text = self.prior.text_embeddings(config.prompt, config.negative_prompt)
         if prior_was_loaded and (Path(resolve_prior_name(config.prior.name)) / "training.json").exists():
             _note_unknown_toy_words(config.prompt)  # a prior `toy train` wrote: it knows only the toy words
+        _note_cut_prompt(self.prior, config)
         self.resolution = config.splats.resolution or self.prior.resolution
         self.schedule = vsd.TimestepSchedule(
             t_min=config.vsd.t_min,
@@ -524,6 +526,21 @@ class Generation:
             sheets.append(sheet)
             gifs.append(gif)
         return Result(self.run_dir, self.particles, files, sheets, gifs, self.run_dir / METRICS, extra)
+
+
+def _note_cut_prompt(prior: DiffusionPrior, config: GenerateConfig) -> None:
+    """Say so when the text encoder cannot read the whole prompt (77 tokens for Stable Diffusion): the end is
+    cut, and with view-dependent prompts the ", front view" suffix goes first, so the views lose their labels."""
+    texts = [config.prompt]
+    if config.vsd.view_dependent_prompts:
+        texts += [view_prompt(config.prompt, label) for label in cams.VIEW_LABELS]
+    taken, length = max(prior.token_count(t)[0] for t in texts), prior.token_count(config.prompt)[1]
+    if taken > length:
+        suffix = " with its view suffix" if config.vsd.view_dependent_prompts else ""
+        print(f"splatdreamer: note: the prompt{suffix} takes {taken} tokens and the prior's text encoder reads "
+              f"{length}; the last {taken - length} are cut"
+              + (", the view suffix first, so the views lose their labels" if suffix else "")
+              + ". Shorten the prompt.", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _note_unknown_toy_words(prompt: str) -> None:

@@ -72,6 +72,23 @@ def test_every_export_format_is_written_and_named_in_the_summary(tiny_prior, tmp
     assert "(particle_0.splat, particle_0.ply, previews .png/.gif)" in capsys.readouterr().out
 
 
+def test_a_prompt_longer_than_the_text_encoder_reads_gets_a_note(tiny_prior, tmp_path, capsys):
+    """Found by a hostile-input pass: a long prompt was cut to the text encoder's length without a word, and with
+    view-dependent prompts the ", front view" suffix is what goes first."""
+    from splatdreamer.prior import DiffusionPrior
+
+    prior = DiffusionPrior.from_pretrained(tiny_prior)
+    _, length = prior.token_count("a red ball")
+    for prompt, cut in [("a red ball", False), ("a red ball " + "very " * length, True)]:
+        config = tiny_config(tiny_prior, tmp_path / str(cut), steps=1, particles=1)
+        config.prompt = prompt
+        generate(config)
+        err = capsys.readouterr().err
+        assert ("the view suffix first, so the views lose their labels" in err) == cut, err
+        if cut:
+            assert f"the prior's text encoder reads {length}" in err
+
+
 def test_resume_matches_an_uninterrupted_run(tiny_prior, tmp_path):
     full = generate(tiny_config(tiny_prior, tmp_path / "full"))
 

@@ -195,6 +195,12 @@ def test_bad_priors_each_get_one_clear_error(tmp_path, pixel_dir, latent_dir, mo
     (no_weights / "text_encoder" / "model.safetensors").unlink()
     with pytest.raises(PriorLoadError, match="text_encoder/ has no weights"):
         load(no_weights)
+    cut = broken("cut_weights")  # weights cut short, as an interrupted copy leaves them
+    weights = cut / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(PriorLoadError, match="looks like a Stable Diffusion directory but could not be loaded") as e:
+        load(cut)
+    assert ". ." not in str(e.value) and ".. " not in str(e.value)
     no_merges = broken("no_merges")
     for name in ("merges.txt", "tokenizer.json"):
         (no_merges / "tokenizer" / name).unlink()

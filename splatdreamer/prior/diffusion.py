@@ -193,6 +193,11 @@ class DiffusionPrior:
         ).input_ids.to(self.device)
         return self.text_encoder(ids)[0]
 
+    def token_count(self, prompt: str) -> tuple[int, int]:
+        """(tokens `prompt` takes with BOS and EOS, tokens the text encoder reads); `encode_text` cuts the rest."""
+        length = min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+        return len(self.tokenizer(prompt, truncation=False, verbose=False).input_ids), length
+
     def text_embeddings(self, prompt: str, negative_prompt: str = "") -> TextEmbeddings:
         """The prompt, the negative prompt and f"{prompt}, {label} view" per view label; encoded once, cached."""
         if not isinstance(prompt, str) or not prompt.strip():
@@ -395,7 +400,8 @@ def converting_load_errors(directory: Path) -> Iterator[None]:
         yield
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise PriorLoadError(
-            f"{directory} looks like a Stable Diffusion directory but could not be loaded: {e}. {loading.WAYS_OUT}"
+            f"{directory} looks like a Stable Diffusion directory but could not be loaded: {str(e).rstrip('. ')}. "
+            f"{loading.WAYS_OUT}"
         ) from None
 
 
