@@ -642,6 +642,8 @@ def test_eval_methods_name_their_objective_and_cfg():
         ({"report": Path("/")}, "--report / is a folder; give a file name such as /benchmarks.md"),
         ({"report": Path(__file__) / "r.md"}, f"--report {Path(__file__) / 'r.md'}: {Path(__file__)} is a file, not"),
         ({"out_dir": Path(__file__) / "eval"}, f"--out-dir {Path(__file__) / 'eval'}: {Path(__file__)} is a file"),
+        ({"base": dataclasses.replace(small_eval_base(), seed=5)}, "--base.seed is set for each run of the table; use --seeds"),
+        ({"base": dataclasses.replace(small_eval_base(), prompt="a blue cube")}, "--base.prompt is set for each run"),
         ({"space": "image", "picture": Path("p.png")}, "--space image writes one sheet of particles per run under"),
         ({"space": "image", "base": _prior_named("nowhere")}, "the prior directory 'nowhere' does not exist"),
     ],

@@ -338,6 +338,17 @@ def check_config(config: ToyEvalConfig) -> None:
     unknown = [p for p in config.prompts if p not in PROMPTS]
     if unknown:
         raise ConfigError(f"{unknown[0]!r} is not a toy prompt; the toy prompts are {', '.join(PROMPTS)}")
+    default = toy()
+    for field_name, value, default_value, instead in [
+        ("prompt", config.base.prompt, default.prompt, "--prompts"),
+        ("seed", config.base.seed, default.seed, "--seeds"),
+        ("vsd.mode", config.base.vsd.mode, default.vsd.mode, "--methods (e.g. sds-100)"),
+        ("vsd.cfg-scale", config.base.vsd.cfg_scale, default.vsd.cfg_scale, "--methods (e.g. vsd-7.5)"),
+        ("output.out-dir", config.base.output.out_dir, default.output.out_dir, "--out-dir"),
+        ("resume", config.base.resume, default.resume, "--reuse"),
+    ]:  # set per cell by run_config: a value given here would be dropped without a word (a hostile-input pass)
+        if value != default_value:
+            raise ConfigError(f"--base.{field_name} is set for each run of the table; use {instead} instead")
     out = Path(config.out_dir)
     blocked = next((a for a in (out, *out.parents) if a.exists() and not a.is_dir()), None)
     if blocked is not None:
