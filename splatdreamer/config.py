@@ -340,7 +340,7 @@ def read_text_file(path: str | os.PathLike, flag: str, max_bytes: int) -> str:
             raise ConfigError(f"{flag} {path} is {size} bytes; more than {max_bytes} is not a {flag} file, "
                               "check the name")  # fmt: skip
         data = f.read(max_bytes + 1)
-    return data.decode("utf-8")
+    return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not part of the first prompt
 
 
 def load_json(path: Path) -> GenerateConfig:

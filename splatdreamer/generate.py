@@ -576,14 +576,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines of steps after `step` (they will be run again), and any line a kill cut short."""
     if not path.exists():
         return
+    if not path.is_file():
+        raise RunFolderError(f"{path} is not a file; move it away (a run writes its metrics there) and resume again")
 
-    def step_of(line: str) -> float:
+    def step_of(line: str) -> float:  # lines damaged by hand or by a kill count as after every step: dropped
         try:
-            return json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError):
+            value = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError, IndexError):
             return float("inf")
+        return value if isinstance(value, int) and not isinstance(value, bool) else float("inf")
 
-    lines = [line for line in path.read_text().splitlines() if line and step_of(line) <= step]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [line for line in text.splitlines() if line and step_of(line) <= step]
     with atomic_write(path, "w") as f:
         f.write("".join(line + "\n" for line in lines))
 

@@ -56,6 +56,16 @@ def test_prompt_file_skips_blank_lines_and_comments(tmp_path):
         ("a red ball", None, f"{path}:2"), ("a blue cube", None, f"{path}:5")]  # fmt: skip
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
+    """Found by a hostile-input pass: a file saved with a BOM (Windows editors) gave the prompt '\\ufeffa red ball'
+    in a text file, and 'Unexpected UTF-8 BOM' for JSONL."""
+    bom = "\ufeff".encode()
+    (tmp_path / "p.txt").write_bytes(bom + b"a red ball\r\na blue cube\r\n")
+    (tmp_path / "p.jsonl").write_bytes(bom + b'{"prompt": "a red ball"}\n')
+    assert [i.prompt for i in read_prompts(tmp_path / "p.txt")] == ["a red ball", "a blue cube"]
+    assert [i.prompt for i in read_prompts(tmp_path / "p.jsonl")] == ["a red ball"]
+
+
 def test_jsonl_lines_give_their_own_seed_and_negative_prompt(tmp_path):
     path = write(tmp_path / "p.jsonl", '{"prompt": "a red ball", "seed": 7, "negative_prompt": "blue"}\n'
                                        '# a comment\n{"prompt": ""}\n')  # fmt: skip

@@ -79,6 +79,17 @@ def test_toy_help_is_help_and_a_wrong_toy_command_is_named(capsys):
     assert main(["toy", "bogus"]) == 2 and "unknown toy command 'bogus'" in capsys.readouterr().err
 
 
+def test_help_into_a_closed_pipe_stops_quietly():
+    """Found by a hostile-input pass: `splatdreamer generate --help | head` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    code = "import sys; from splatdreamer.cli import main; sys.exit(main(['generate', '--help']))"
+    shell = f"{sys.executable} -c \"{code}\" | head -c 10"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=120)
+    assert done.stdout == "usage: spl" and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done
+
+
 def test_render_of_a_broken_file_is_one_clear_error(tmp_path, capsys):
     bad = tmp_path / "broken.ply"
     bad.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nend_header\n")

@@ -13,7 +13,7 @@ import torch
 
 from splatdreamer.cli import main
 from splatdreamer.config import GenerateConfig, save_json
-from splatdreamer.errors import ConfigError
+from splatdreamer.errors import ConfigError, RunFolderError
 from splatdreamer.generate import Generation, generate
 from splatdreamer.io.lock import LOCK
 from splatdreamer.io.ply import load_ply
@@ -87,6 +87,29 @@ def test_a_prompt_longer_than_the_text_encoder_reads_gets_a_note(tiny_prior, tmp
         assert ("the view suffix first, so the views lose their labels" in err) == cut, err
         if cut:
             assert f"the prior's text encoder reads {length}" in err
+
+
+def test_resume_drops_damaged_metric_lines_instead_of_failing(tiny_prior, tmp_path):
+    """Found by a hostile-input pass: non-UTF-8 bytes or a string step in metrics.jsonl stopped --resume with a
+    UnicodeDecodeError or TypeError traceback; a folder there, with an IsADirectoryError."""
+
+    def stop_after_six(p):
+        if p.step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(tiny_config(tiny_prior, tmp_path / "cut"), callback=stop_after_six)
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    with open(metrics, "ab") as f:
+        f.write(b'garbage{{{\n\x00\xff\xfe\n{"step": "x"}\n{"step": true}\n[]\n')
+    result = generate(GenerateConfig(resume=tmp_path / "cut"))
+    assert [json.loads(line)["step"] for line in result.metrics.read_text().splitlines()] == list(range(1, 13))
+    with pytest.raises(KeyboardInterrupt):
+        generate(tiny_config(tiny_prior, tmp_path / "cut2"), callback=stop_after_six)
+    (tmp_path / "cut2" / "metrics.jsonl").unlink()
+    (tmp_path / "cut2" / "metrics.jsonl").mkdir()
+    with pytest.raises(RunFolderError, match="metrics.jsonl is not a file; move it away"):
+        generate(GenerateConfig(resume=tmp_path / "cut2"))
 
 
 def test_resume_matches_an_uninterrupted_run(tiny_prior, tmp_path):
