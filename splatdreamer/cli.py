@@ -322,7 +322,9 @@ def _writing(path: Path):
     try:
         yield
     except OSError as e:
-        blocked = next((a for a in Path(path).parents if a.exists() and not a.is_dir()), None)
+        from splatdreamer.io.files import blocking_file
+
+        blocked = blocking_file(Path(path).parent)
         why = f"{blocked} is a file, not a folder" if blocked is not None else (e.strerror or str(e))
         raise ConfigError(f"cannot write {path}: {why}; choose another output") from None
 

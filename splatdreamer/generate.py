@@ -534,7 +534,8 @@ def _note_cut_prompt(prior: DiffusionPrior, config: GenerateConfig) -> None:
     texts = [config.prompt]
     if config.vsd.view_dependent_prompts:
         texts += [view_prompt(config.prompt, label) for label in cams.VIEW_LABELS]
-    taken, length = max(prior.token_count(t)[0] for t in texts), prior.token_count(config.prompt)[1]
+    counts = [prior.token_count(t) for t in texts]
+    taken, length = max(n for n, _ in counts), counts[0][1]
     if taken > length:
         suffix = " with its view suffix" if config.vsd.view_dependent_prompts else ""
         print(f"splatdreamer: note: the prompt{suffix} takes {taken} tokens and the prior's text encoder reads "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 from typing import BinaryIO
 
 
@@ -46,3 +47,10 @@ def open_regular_file(path: str | os.PathLike) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def blocking_file(folder: str | os.PathLike) -> Path | None:
+    """The first of `folder` and its parents that exists and is not a folder: what stops `folder` from being
+    made (or written into); None when nothing does."""
+    folder = Path(folder)
+    return next((a for a in (folder, *folder.parents) if a.exists() and not a.is_dir()), None)

@@ -42,6 +42,7 @@ from splatdreamer.config import (
 )  # fmt: skip
 from splatdreamer.errors import ConfigError
 from splatdreamer.generate import CONFIG, METRICS, generate
+from splatdreamer.io.files import blocking_file
 from splatdreamer.io.images import contact_sheet, save_png
 from splatdreamer.io.ply import load_ply
 from splatdreamer.presets import toy
@@ -350,7 +351,7 @@ def check_config(config: ToyEvalConfig) -> None:
         if value != default_value:
             raise ConfigError(f"--base.{field_name} is set for each run of the table; use {instead} instead")
     out = Path(config.out_dir)
-    blocked = next((a for a in (out, *out.parents) if a.exists() and not a.is_dir()), None)
+    blocked = blocking_file(out)
     if blocked is not None:
         raise ConfigError(f"--out-dir {out}: {blocked} is a file, not a folder; choose another --out-dir")
     if config.space == "image":  # the 3D runs check their prior in generate(); the 2D check loads it itself
@@ -368,7 +369,7 @@ def check_config(config: ToyEvalConfig) -> None:
         path, flag = Path(path), f"--{name}"
         if path.is_dir():
             raise ConfigError(f"{flag} {path} is a folder; give a file name such as {path / example}")
-        blocked = next((a for a in path.parents if a.exists() and not a.is_dir()), None)
+        blocked = blocking_file(path.parent)
         if blocked is not None:
             raise ConfigError(f"{flag} {path}: {blocked} is a file, not a folder; choose another path")
         if not path.parent.is_dir():
