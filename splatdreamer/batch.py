@@ -349,21 +349,25 @@ def batch(
     _check_foreign_files(out_dir)
     runs = plan(items, seeds, config, out_dir)
     entries, todo = _merge_with_manifest(runs, read_manifest(out_dir), overwrite)
+    # Ray starts, and the requests are checked against its nodes, before the folder is made: a batch that Ray
+    # refuses (an unreachable --address, more --cpus-per-run than a node has) leaves nothing behind.
+    started_ray = bool(todo) and not ray.is_initialized()  # nothing to do: no Ray
+    if started_ray:
+        _init_ray(ray, address, num_cpus)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunFolderError(f"cannot create --out-dir {out_dir} ({e.strerror}); choose a folder you can write to") from None
-    with RunLock(out_dir):  # one batch per folder; its runs lock their own folders
-        driver = _Driver(ray, out_dir, entries, overwrite, max_retries)
-        driver.save()
-        started_ray = bool(todo) and not ray.is_initialized()  # nothing to do: no Ray
-        if started_ray:
-            _init_ray(ray, address, num_cpus)
+        gpus, threads = _resources(ray, gpus_per_run, cpus_per_run) if todo else (0, None)
         try:
-            driver.run(todo, gpus_per_run, cpus_per_run)
-        finally:
-            if started_ray:
-                ray.shutdown()
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunFolderError(f"cannot create --out-dir {out_dir} ({e.strerror}); choose a folder you can write "
+                                 "to") from None  # fmt: skip
+        with RunLock(out_dir):  # one batch per folder; its runs lock their own folders
+            driver = _Driver(ray, out_dir, entries, overwrite, max_retries)
+            driver.save()
+            driver.run(todo, cpus_per_run, gpus, threads)
+    finally:
+        if started_ray:
+            ray.shutdown()
     return entries
 
 
@@ -461,6 +465,24 @@ def _init_ray(ray, address: str | None, num_cpus: int | None) -> None:
         ) from None
 
 
+def _resources(ray, gpus_per_run: float, cpus_per_run: float) -> tuple[float, int | None]:
+    """GPUs per task and, for CPU runs, torch threads per task; refuses requests no node can meet."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    most_gpus = max((r.get("GPU", 0) for r in nodes), default=0)
+    most_cpus = max((r.get("CPU", 0) for r in nodes), default=0)
+    if cpus_per_run > most_cpus:
+        raise BackendUnavailableError(f"--cpus-per-run {cpus_per_run:g}: no Ray node has that many CPU slots "
+                                      f"(the largest has {most_cpus:g}); ask for at most {most_cpus:g}")  # fmt: skip
+    if gpus_per_run and not most_gpus:
+        tqdm.write(f"splatdreamer: no GPU in the Ray cluster; each run takes {cpus_per_run:g} CPU slot(s) and "
+                   "runs on the CPU")  # fmt: skip
+        return 0, max(1, int(cpus_per_run))
+    if gpus_per_run > most_gpus:
+        raise BackendUnavailableError(f"--gpus-per-run {gpus_per_run:g}: no Ray node has that many GPUs (the "
+                                      f"largest has {most_gpus:g}); ask for at most {most_gpus:g}")  # fmt: skip
+    return gpus_per_run, None if gpus_per_run else max(1, int(cpus_per_run))
+
+
 class _Driver:
     """Submits the tasks and keeps the manifest, the gallery and the progress bar in step with them."""
 
@@ -477,11 +499,13 @@ class _Driver:
     def count(self, status: str) -> int:
         return sum(e.status == status for e in self.entries)
 
-    def run(self, todo: list[tuple[RunEntry, GenerateConfig]], gpus_per_run: float, cpus_per_run: float) -> None:
+    def run(self, todo: list[tuple[RunEntry, GenerateConfig]], cpus_per_run: float, gpus: float,
+            threads: int | None) -> None:
+        """Run `todo`, each task on `cpus_per_run` CPU slots and `gpus` GPUs with `threads` torch threads
+        (`_resources`)."""
         ray = self.ray
         from ray.util.queue import Queue
 
-        gpus, threads = self._resources(gpus_per_run, cpus_per_run) if todo else (0, None)
         self.bar = tqdm(total=len(self.entries), initial=len(self.entries) - len(todo), desc="batch", unit="run",
                         dynamic_ncols=True)  # fmt: skip
         start = time.perf_counter()
@@ -524,23 +548,6 @@ class _Driver:
         finally:
             self.bar.close()
         self._summary(time.perf_counter() - start)
-
-    def _resources(self, gpus_per_run: float, cpus_per_run: float) -> tuple[float, int | None]:
-        """GPUs per task and, for CPU runs, torch threads per task; refuses requests no node can meet."""
-        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
-        most_gpus = max((r.get("GPU", 0) for r in nodes), default=0)
-        most_cpus = max((r.get("CPU", 0) for r in nodes), default=0)
-        if cpus_per_run > most_cpus:
-            raise BackendUnavailableError(f"--cpus-per-run {cpus_per_run:g}: no Ray node has that many CPU slots "
-                                          f"(the largest has {most_cpus:g}); ask for at most {most_cpus:g}")  # fmt: skip
-        if gpus_per_run and not most_gpus:
-            tqdm.write(f"splatdreamer: no GPU in the Ray cluster; each run takes {cpus_per_run:g} CPU slot(s) and "
-                       "runs on the CPU")  # fmt: skip
-            return 0, max(1, int(cpus_per_run))
-        if gpus_per_run > most_gpus:
-            raise BackendUnavailableError(f"--gpus-per-run {gpus_per_run:g}: no Ray node has that many GPUs (the "
-                                          f"largest has {most_gpus:g}); ask for at most {most_gpus:g}")  # fmt: skip
-        return gpus_per_run, None if gpus_per_run else max(1, int(cpus_per_run))
 
     def _drain(self) -> bool:
         """Apply the tasks' events (a task started, a task's first step) to the entries."""

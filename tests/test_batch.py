@@ -159,6 +159,45 @@ def test_without_ray_batch_names_the_extra_to_install(tmp_path, capsys, monkeypa
     assert not (tmp_path / "out").exists()
 
 
+class FakeRay:
+    """What `batch` asks of Ray before its runs start: a local instance of 2 CPU slots, or a cluster it cannot reach."""
+
+    def __init__(self, reachable: bool = True) -> None:
+        self.reachable = reachable
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs) -> None:
+        if not self.reachable:
+            raise ConnectionError("Failed to connect to the Ray cluster")
+
+    def nodes(self) -> list[dict]:
+        return [{"Alive": True, "Resources": {"CPU": 2.0}}]
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "flags, reachable, message",
+    [
+        (["--num-cpus", "2", "--cpus-per-run", "64"], True, "--cpus-per-run 64: no Ray node has that many CPU slots"),
+        (["--address", "ray://nowhere:10001"], False, "cannot start or reach the Ray cluster at --address ray://"),
+    ],
+)
+def test_a_batch_ray_refuses_leaves_nothing_behind(tmp_path, capsys, monkeypatch, flags, reachable, message):
+    """Found by a hostile-input pass: a refused batch left batch.jsonl and index.html in a new --out-dir."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("splatdreamer.batch"), "_import_ray", lambda: FakeRay(reachable))
+    path = write(tmp_path / "p.txt", "a red ball\n")
+    assert batch_cli(tmp_path, "--prompts-file", str(path), *TINY[:-2], *flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_from_splatdreamer_import_batch_gives_the_function():
     code = ("import splatdreamer.batch\nfrom splatdreamer import batch, BatchItem, RunEntry\n"
             "assert callable(batch) and batch.__module__ == 'splatdreamer.batch', batch\nprint('ok')")  # fmt: skip
