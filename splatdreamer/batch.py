@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 import traceback
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from urllib.parse import quote
 from tqdm.auto import tqdm
 
 from splatdreamer.config import (
-    BOUNDS, GenerateConfig, changed_fields, get_field, load_json, prompt_slug, read_text_file,
+    BOUNDS, GenerateConfig, changed_fields, check_type, get_field, load_json, prompt_slug, read_text_file,
 )  # fmt: skip
 from splatdreamer.errors import BackendUnavailableError, ConfigError, RunFolderError, SplatdreamerError
 from splatdreamer.generate import CONFIG, Progress, generate
@@ -237,18 +238,26 @@ def run_task(config: GenerateConfig, overwrite: bool, events=None, cpu_threads: 
 
 
 def read_manifest(out_dir: Path) -> dict[str, RunEntry]:
-    """The entries of `out_dir/batch.jsonl` by run name; {} when there is none."""
+    """The entries of `out_dir/batch.jsonl` by run name; {} when there is none. Every value is checked against
+    its field's type: a hand edit such as `"files": "abc"` would otherwise fail later with a TypeError, or be
+    written back as it is."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         return {}
-    names = {f.name for f in dataclasses.fields(RunEntry)}
+    hints = typing.get_type_hints(RunEntry)
+    entries = {}
     try:
-        entries = [RunEntry(**{k: v for k, v in json.loads(line).items() if k in names})
-                   for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]  # fmt: skip
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                entry = RunEntry(**{k: v for k, v in json.loads(line).items() if k in hints})
+                for name, hint in hints.items():
+                    check_type(hint, getattr(entry, name), f'line {number}: "{name}"')
+                entries[entry.name] = entry
     except (OSError, ValueError, TypeError, AttributeError) as e:
-        raise ConfigError(f"the manifest {path} cannot be read ({type(e).__name__}: {e}); delete it, and the "
-                          "batch runs again, continuing each run folder from its checkpoint") from None  # fmt: skip
-    return {entry.name: entry for entry in entries}
+        why = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+        raise ConfigError(f"the manifest {path} cannot be read ({why}); correct it, or delete it, and the batch "
+                          "runs again, continuing each run folder from its checkpoint") from None  # fmt: skip
+    return entries
 
 
 def write_manifest(out_dir: Path, entries: Sequence[RunEntry]) -> None:

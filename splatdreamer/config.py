@@ -447,7 +447,7 @@ def check_fields(config, bounds: dict[str, Bound] | None = None, prefix: str = "
         elif (plain := _plain_number(hints[f.name], value)) is not value:
             value = plain  # np.int64(2), np.float32(7.5): numbers of their own types, which JSON cannot write
             setattr(config, f.name, value)
-        _check_type(hints[f.name], value, name)
+        check_type(hints[f.name], value, _flag(name))
         if dataclasses.is_dataclass(value):
             check_fields(value, bounds, name + ".")
         elif bounds and name in bounds and value is not None:
@@ -458,7 +458,7 @@ def check_fields(config, bounds: dict[str, Bound] | None = None, prefix: str = "
 
 def _plain_number(hint, value):
     """`value` as a Python int or float where the field is one and it is another kind of number (NumPy's, torch's
-    via .item() aside); anything else unchanged, for `_check_type` to judge."""
+    via .item() aside); anything else unchanged, for `check_type` to judge."""
     if isinstance(value, bool) or type(value) in (int, float) or not isinstance(value, numbers.Real):
         return value
     inner = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) in (
@@ -481,11 +481,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _check_type(hint, value, name: str) -> None:
-    """Raise `ConfigError` unless `value` fits the annotation `hint` (and numbers are finite)."""
+def check_type(hint, value, name: str) -> None:
+    """Raise `ConfigError` unless `value` fits the annotation `hint` (and numbers are finite); the message
+    calls it `name` (a flag, or a key of a file)."""
 
     def wrong(expected: str) -> ConfigError:
-        return ConfigError(f"{_flag(name)} must be {expected}, got {value!r:.80} ({type(value).__name__})")
+        return ConfigError(f"{name} must be {expected}, got {value!r:.80} ({type(value).__name__})")
 
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
@@ -495,7 +496,7 @@ def _check_type(hint, value, name: str) -> None:
         if value is not None or type(None) not in args:
             inner = [a for a in args if a is not type(None)]
             assert len(inner) == 1, f"{name}: only `X | None` unions are checked, not {hint}"
-            _check_type(inner[0], value, name)
+            check_type(inner[0], value, name)
     elif origin is Literal:
         if not isinstance(value, str) or value not in args:
             raise wrong(f"one of {', '.join(map(repr, args))}")
@@ -509,13 +510,18 @@ def _check_type(hint, value, name: str) -> None:
         elif len(value) != len(args):
             raise wrong(f"{len(args)} values")
         for i, (a, v) in enumerate(zip(args, value)):
-            _check_type(a, v, f"{name}[{i}]")
+            check_type(a, v, f"{name}[{i}]")
+    elif origin is list:
+        if not isinstance(value, list):
+            raise wrong("a list")
+        for i, v in enumerate(value):
+            check_type(args[0], v, f"{name}[{i}]")
     elif origin is dict:
         if not isinstance(value, dict):
             raise wrong("a mapping")
         for k, v in value.items():
-            _check_type(args[0], k, f"{name} key")
-            _check_type(args[1], v, f"{name}[{k!r}]")
+            check_type(args[0], k, f"{name} key")
+            check_type(args[1], v, f"{name}[{k!r}]")
     elif hint is bool:
         if not isinstance(value, bool):
             raise wrong("true or false")
@@ -534,4 +540,4 @@ def _check_type(hint, value, name: str) -> None:
         if not isinstance(value, (str, os.PathLike)):
             raise wrong("a path")
     else:
-        raise AssertionError(f"{name}: no type check for {hint}; add one to config._check_type")
+        raise AssertionError(f"{name}: no type check for {hint}; add one to config.check_type")

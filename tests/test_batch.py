@@ -253,6 +253,32 @@ def test_a_damaged_manifest_is_one_clear_error(tmp_path, capsys):
     assert f"the manifest {tmp_path / 'out' / MANIFEST} cannot be read" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("files", "abc", "line 1: \"files\" must be a list, got 'abc' (str)"),
+        ("files", [1], "line 1: \"files\"[0] must be a string, got 1 (int)"),
+        ("seed", "0", "line 1: \"seed\" must be a whole number, got '0' (str)"),
+        ("attempts", None, "line 1: \"attempts\" must be a whole number, got None (NoneType)"),
+        ("seconds", "12", "line 1: \"seconds\" must be a number, got '12' (str)"),
+    ],
+)
+def test_a_manifest_value_of_the_wrong_type_is_named(tmp_path, capsys, key, value, message):
+    """Found by a hostile-input pass: `"files": "abc"` in batch.jsonl gave a TypeError traceback, and other wrong
+    types were written back as they were."""
+    (tmp_path / "out").mkdir()
+    line = {**dataclasses.asdict(RunEntry("a_red_ball-s0", "a red ball", 0, "", status="done")), key: value}
+    before = write(tmp_path / "out" / MANIFEST, json.dumps(line) + "\n").read_text()
+    with pytest.raises(ConfigError) as info:
+        read_manifest(tmp_path / "out")
+    assert f"the manifest {tmp_path / 'out' / MANIFEST} cannot be read ({message}); correct it, or delete it" in str(
+        info.value)  # fmt: skip
+    assert batch_cli(tmp_path, "--prompts-file", str(write(tmp_path / "p.txt", "a red ball\n")), *TINY) == 2
+    err = capsys.readouterr().err
+    assert f"({message}); correct it" in err and "Traceback" not in err
+    assert (tmp_path / "out" / MANIFEST).read_text() == before
+
+
 # ---------------------------------------------------------------- whole batches on a local Ray instance
 
 
