@@ -143,8 +143,8 @@ def _is_seed(value) -> bool:
 def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfig, out_dir: Path) -> list[GenerateConfig]:
     """One config per run: each item at its own seed or at every seed, in its folder `out_dir/<slug>-s<seed>`.
 
-    The settings every run shares are checked here (`ConfigError`, before anything runs); a run's own problem,
-    such as an empty prompt, is left for its task to report, so it fails alone."""
+    The settings every run shares, and each item's prompt and seed, are checked here (`ConfigError` naming the
+    line, before anything runs); what only a run's task can find, such as a NaN, fails that run alone."""
     if not seeds:
         raise ConfigError("--seeds is empty; give at least one, e.g. --seeds 0")
     for seed in seeds:
@@ -153,6 +153,9 @@ def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfi
     dataclasses.replace(config, prompt="-", resume=None).validate()
     configs, seen = [], {}
     for item in items:
+        if not item.prompt.strip():
+            raise ConfigError(f"{item.source or repr(item.prompt)}: the prompt is blank; write one there, e.g. "
+                              "a red ball, or leave the line out")  # fmt: skip
         if item.seed is not None and not _is_seed(item.seed):
             raise ConfigError(f"{item.source or repr(item.prompt)}: the seed must be a whole number "
                               f"{BOUNDS['seed'].describe()}, got {item.seed!r:.60}")  # fmt: skip

@@ -33,6 +33,7 @@ from splatdreamer.batch import (
 from splatdreamer.cli import main
 from splatdreamer.config import save_json
 from splatdreamer.errors import ConfigError
+from splatdreamer.io.lock import RunLock
 from splatdreamer.io.ply import load_ply
 from splatdreamer.presets import toy
 
@@ -68,12 +69,25 @@ def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
 
 def test_jsonl_lines_give_their_own_seed_and_negative_prompt(tmp_path):
     path = write(tmp_path / "p.jsonl", '{"prompt": "a red ball", "seed": 7, "negative_prompt": "blue"}\n'
-                                       '# a comment\n{"prompt": ""}\n')  # fmt: skip
+                                       '# a comment\n{"prompt": "a cube"}\n')  # fmt: skip
     items = read_prompts(path)
-    assert [(i.prompt, i.seed, i.negative_prompt) for i in items] == [("a red ball", 7, "blue"), ("", None, None)]
+    assert [(i.prompt, i.seed, i.negative_prompt) for i in items] == [("a red ball", 7, "blue"), ("a cube", None, None)]
     configs = plan(items, [0, 1], toy(), tmp_path / "out")
     assert [(c.output.out_dir.name, c.prompt, c.seed, c.negative_prompt) for c in configs] == [
-        ("a_red_ball-s7", "a red ball", 7, "blue"), ("run-s0", "", 0, ""), ("run-s1", "", 1, "")]  # fmt: skip
+        ("a_red_ball-s7", "a red ball", 7, "blue"), ("a_cube-s0", "a cube", 0, ""), ("a_cube-s1", "a cube", 1, "")
+    ]
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\t"])
+def test_a_blank_jsonl_prompt_is_refused_naming_its_line(tmp_path, capsys, prompt):
+    """Found by a hostile-input pass: {"prompt": "   "} was planned as the run run-s0 and failed only there."""
+    path = write(tmp_path / "p.jsonl", '{"prompt": "a red ball"}\n' + json.dumps({"prompt": prompt}) + "\n")
+    assert batch_cli(tmp_path, "--prompts-file", str(path), *TINY) == 2
+    err = capsys.readouterr().err
+    assert f"splatdreamer: error: {path}:2: the prompt is blank; write one there" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="^'   ': the prompt is blank"):
+        plan([BatchItem("   ")], [0], toy(), tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -337,17 +351,21 @@ def test_three_prompts_make_three_runs_and_a_rerun_does_nothing(tmp_path, ray_en
 
 
 @pytest.mark.slow
-def test_an_empty_prompt_fails_alone_and_the_exit_code_says_so(tmp_path, ray_env, capsys):
-    prompts = write(tmp_path / "p.jsonl", '{"prompt": ""}\n{"prompt": "a red ball", "seed": 2}\n')
+def test_a_failing_run_fails_alone_and_the_exit_code_says_so(tmp_path, ray_env, capsys):
+    prompts = write(tmp_path / "p.jsonl", '{"prompt": "a blue cube"}\n{"prompt": "a red ball", "seed": 2}\n')
     out = tmp_path / "out"
-    assert main(["batch", "--prompts-file", str(prompts), "--out-dir", str(out), *TINY]) == 1
+    (out / "a_blue_cube-s0").mkdir(parents=True)
+    write(out / MANIFEST, "")  # an earlier batch's folder, which may hold a run folder of any state
+    with RunLock(out / "a_blue_cube-s0"):  # a `generate` in this process uses that run's folder
+        assert main(["batch", "--prompts-file", str(prompts), "--out-dir", str(out), *TINY]) == 1
     entries = manifest(out)
-    assert entries["run-s0"]["status"] == "failed" and "the prompt is empty" in entries["run-s0"]["error"]
-    assert entries["run-s0"]["attempts"] == 1  # an error of the run itself is not retried
+    failed = entries["a_blue_cube-s0"]
+    assert failed["status"] == "failed" and "is in use by another splatdreamer run" in failed["error"]
+    assert failed["attempts"] == 1  # an error of the run itself is not retried
     assert entries["a_red_ball-s2"]["status"] == "done"
     assert load_ply(out / "a_red_ball-s2" / "particle_0.ply")["means"].shape == (128, 3)
     text = capsys.readouterr().out
-    assert "1 done, 1 failed" in text and "failed runs:\n  run-s0: the prompt is empty" in text
+    assert "1 done, 1 failed" in text and "failed runs:\n  a_blue_cube-s0: " in text
 
 
 def start_batch(tmp_path: Path, env: dict, steps: int) -> tuple[subprocess.Popen, Path]:
