@@ -36,7 +36,8 @@ from urllib.parse import quote
 from tqdm.auto import tqdm
 
 from splatdreamer.config import (
-    BOUNDS, GenerateConfig, changed_fields, check_type, get_field, load_json, prompt_slug, read_text_file,
+    BOUNDS, SLUG_LENGTH, GenerateConfig, changed_fields, check_type, get_field, load_json, prompt_slug,
+    read_text_file,
 )  # fmt: skip
 from splatdreamer.errors import BackendUnavailableError, ConfigError, RunFolderError, SplatdreamerError
 from splatdreamer.generate import CONFIG, Progress, generate
@@ -150,6 +151,9 @@ def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfi
     for seed in seeds:
         if not _is_seed(seed):
             raise ConfigError(f"--seeds must be whole numbers {BOUNDS['seed'].describe()}, got {seed!r}")
+    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+    if repeated:
+        raise ConfigError(f"--seeds names {', '.join(map(str, repeated))} more than once; give each seed once")
     dataclasses.replace(config, prompt="-", resume=None).validate()
     configs, seen = [], {}
     for item in items:
@@ -166,12 +170,25 @@ def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfi
                 run.negative_prompt = item.negative_prompt
             name = f"{prompt_slug(item.prompt)}-s{seed}"
             if name in seen:
-                raise ConfigError(f"{seen[name] or repr(seen[name])} and {item.source or repr(item.prompt)} both "
-                                  f"make the run {name}; give them different prompts or seeds")  # fmt: skip
-            seen[name] = item.source or repr(item.prompt)
+                raise _same_run(name, seen[name], item)
+            seen[name] = item
             run.output.out_dir, run.output.overwrite = Path(out_dir) / name, False
             configs.append(run)
     return configs
+
+
+def _same_run(name: str, first: BatchItem, second: BatchItem) -> ConfigError:
+    """Why two items make one run folder: prompts that differ only after the folder name's cut, the same prompt,
+    or prompts that differ only in what a folder name leaves out (case, punctuation, spaces)."""
+    both = f"{first.source or repr(first.prompt)} and {second.source or repr(second.prompt)} both make the run {name}"
+    if prompt_slug(first.prompt, None) != prompt_slug(second.prompt, None):
+        return ConfigError(f"{both}: a run folder's name keeps the first {SLUG_LENGTH} characters of the prompt, and "
+                           "these prompts differ only after that; make them differ earlier, e.g. by putting the "
+                           "words that tell them apart first")  # fmt: skip
+    if first.prompt == second.prompt:
+        return ConfigError(f"{both}: the same prompt at the same seed; leave one out, or give them different seeds")
+    return ConfigError(f"{both}: a run folder's name keeps only the prompt's letters and digits, lower-cased; give "
+                       "them different prompts or seeds")  # fmt: skip
 
 
 def continue_or_start(config: GenerateConfig, overwrite: bool) -> GenerateConfig:

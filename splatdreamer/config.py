@@ -251,10 +251,14 @@ class GenerateConfig:
             raise ConfigError(f"--output.formats names {', '.join(twice)} more than once; give each format once")
 
 
-def prompt_slug(prompt: str) -> str:
-    """'A red ball!' -> 'a_red_ball' (a folder name). A prompt with letters outside ASCII, which the slug drops,
-    gets a short hash of the whole prompt, so '赤いボール' and '青いキューブ' do not share one folder."""
-    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:60]
+SLUG_LENGTH = 60  # characters of a prompt kept in its folder's name
+
+
+def prompt_slug(prompt: str, length: int | None = SLUG_LENGTH) -> str:
+    """'A red ball!' -> 'a_red_ball' (a folder name), cut at `length` characters (None: uncut). A prompt with
+    letters outside ASCII, which the slug drops, gets a short hash of the whole prompt, so '赤いボール' and
+    '青いキューブ' do not share one folder."""
+    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:length]
     if any(c.isalnum() and not c.isascii() for c in prompt):
         digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
         return f"{slug}_{digest}" if slug else f"run_{digest}"

@@ -31,7 +31,7 @@ from splatdreamer.batch import (
     write_manifest,
 )
 from splatdreamer.cli import main
-from splatdreamer.config import save_json
+from splatdreamer.config import prompt_slug, save_json
 from splatdreamer.errors import ConfigError
 from splatdreamer.io.lock import RunLock
 from splatdreamer.io.ply import load_ply
@@ -111,7 +111,28 @@ def test_two_lines_that_make_the_same_run_are_refused(tmp_path):
     path = write(tmp_path / "p.txt", "a red ball\nA red ball!\n")
     with pytest.raises(ConfigError) as info:
         plan(read_prompts(path), [0], toy(), tmp_path / "out")
-    assert f"{path}:1 and {path}:2 both make the run a_red_ball-s0" in str(info.value)
+    assert str(info.value) == (f"{path}:1 and {path}:2 both make the run a_red_ball-s0: a run folder's name keeps "
+                               "only the prompt's letters and digits, lower-cased; give them different prompts or seeds")
+    with pytest.raises(ConfigError, match=r"p.txt:2 both make the run a_red_ball-s0: the same prompt at the same seed"):
+        plan(read_prompts(write(tmp_path / "p.txt", "a red ball\na red ball\n")), [0], toy(), tmp_path / "out")
+
+
+def test_the_messages_of_a_duplicate_run_say_its_true_cause(tmp_path):
+    """Found by a hostile-input pass: --seeds 0 0 named the same line twice, and two long prompts that differ only
+    after the folder name's 60-character cut were blamed on the prompts."""
+    path = write(tmp_path / "p.txt", "a red ball\n")
+    with pytest.raises(ConfigError, match="^--seeds names 0 more than once; give each seed once$"):
+        plan(read_prompts(path), [0, 1, 0], toy(), tmp_path / "out")
+    start = "a very detailed photograph of a ceramic mug on a wooden table, "
+    path = write(tmp_path / "p.txt", f"{start}in the morning\n{start}at night\n")
+    with pytest.raises(ConfigError) as info:
+        plan(read_prompts(path), [0], toy(), tmp_path / "out")
+    name = prompt_slug(start)[:60] + "-s0"
+    assert str(info.value) == (
+        f"{path}:1 and {path}:2 both make the run {name}: a run folder's name keeps the first 60 characters of the "
+        "prompt, and these prompts differ only after that; make them differ earlier, e.g. by putting the words that "
+        "tell them apart first"
+    )
 
 
 # ---------------------------------------------------------------- the command's bad input (no Ray started)
