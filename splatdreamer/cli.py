@@ -78,7 +78,7 @@ class ViewCommand:
     port: int = 8080
     """Port to serve on (the next free one if it is taken)."""
     host: str = "127.0.0.1"
-    """Address to listen on; 0.0.0.0 lets other machines on the network open the page."""
+    """Address to listen on; 0.0.0.0 (or '') lets other machines on the network open the page."""
 
 
 VIEW_BOUNDS = {"port": Bound(1, 65535)}
@@ -249,7 +249,7 @@ def cmd_batch(args: list[str]) -> int:
 
 def _serve_until_interrupted(viewer) -> None:
     """Print the page's address and keep serving it until Ctrl-C, then stop the server."""
-    print(f"splatdreamer: viewer at {viewer.url} (Ctrl-C to stop)", flush=True)
+    print(f"splatdreamer: viewer at {viewer.url} (Ctrl-C to stop){viewer.reach}", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ UP = (0.0, -1.0, 0.0)  # world up of our particles (3DGS / COLMAP convention)
 ALL = "all, side by side"
 STATUS_INTERVAL = 0.25  # seconds: the status line changes at most 4 times a second between particle updates
 DRAWN = ("means", "scales", "quats", "opacities", "sh0")  # the parameters viser draws (no view-dependent SH)
+EVERY_INTERFACE = ("", "0.0.0.0", "::")  # hosts that listen on every network interface
 
 
 def _viser():
@@ -113,9 +114,19 @@ class Viewer:
 
     @property
     def url(self) -> str:
+        """The address to open on this machine."""
         host = self.server.get_host()
-        shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::", "") else host
+        shown = "localhost" if host in ("127.0.0.1", *EVERY_INTERFACE) else host
         return f"http://{shown}:{self.server.get_port()}"
+
+    @property
+    def reach(self) -> str:
+        """What to add to `url` when other machines can open the page too: on every interface the URL is
+        localhost, which alone hides that the page is open to the network."""
+        if self.server.get_host() not in EVERY_INTERFACE:
+            return ""
+        return (f"; it listens on every network interface, so other machines can open it too, at this machine's "
+                f"address and port {self.server.get_port()}")  # fmt: skip
 
     def show(self, k: int, splats: torch.nn.ParameterDict | dict[str, torch.Tensor]) -> None:
         """Show (or replace) particle k and its line of facts (Gaussian count, SH degree where known)."""
@@ -246,7 +257,7 @@ class LiveViewer:
         particles = progress.particles
         if self.viewer is None:
             self.start(len(particles))
-            print(f"splatdreamer: live viewer at {self.viewer.url}")
+            print(f"splatdreamer: live viewer at {self.viewer.url}{self.viewer.reach}")
         snapshot = None
         if progress.step % self.every == 0 or progress.step == progress.total or self.updates == 0:
             snapshot = [_snapshot(p) for p in particles]

@@ -53,6 +53,29 @@ def test_a_host_this_machine_cannot_listen_on_is_refused_at_once(tmp_path, host)
         view(red_ball_ply, host=host, port=8123)
 
 
+@pytest.mark.parametrize("host, every_interface", [("", True), ("0.0.0.0", True), ("127.0.0.1", False)])
+def test_view_says_when_it_listens_on_every_interface(tmp_path, capsys, monkeypatch, host, every_interface):
+    """Found by a hostile-input pass: `view --host ''` listened on every interface and printed only a localhost URL."""
+    import types
+
+    from splatdreamer import cli
+
+    class Interrupted:
+        def wait(self):
+            raise KeyboardInterrupt  # Ctrl-C as soon as the address is printed
+
+    monkeypatch.setattr(cli, "threading", types.SimpleNamespace(Event=Interrupted))
+    ball = tmp_path / "ball.ply"
+    save_ply(variants("a red ball")[0].splats, ball)
+    assert cli.main(["view", str(ball), "--host", host, "--port", "8316"]) == 0
+    out = capsys.readouterr().out  # viser's own panel comes first
+    url = re.search(r"^splatdreamer: viewer at (http://localhost:(\d+)) \(Ctrl-C to stop\)(.*)$", out, re.MULTILINE)
+    assert url is not None, out
+    note = (f"; it listens on every network interface, so other machines can open it too, at this machine's address "
+            f"and port {url.group(2)}")  # fmt: skip
+    assert url.group(3) == (note if every_interface else "")
+
+
 def test_splat_arrays_activate_a_rotated_gaussian():
     half = math.sqrt(0.5)
     splats = from_tensors(
