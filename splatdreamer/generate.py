@@ -186,7 +186,8 @@ def _open_resumed(config: GenerateConfig) -> _RunFolder:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
         raise ConfigError(
             f"--resume continues a run with its own {CONFIG}, so {flags} would be ignored; drop them (only --steps "
-            f"may change, to lengthen the run), or start a new run from it with --config {run_dir / CONFIG} {flags}"
+            f"may change: the run's new length, at least the steps done), or start a new run from it with --config "
+            f"{run_dir / CONFIG} {flags}"
         )
     if not (run_dir / CONFIG).is_file():
         raise ConfigError(f"--resume {run_dir}: no {CONFIG} there; give the folder of an earlier run")
@@ -196,7 +197,8 @@ def _open_resumed(config: GenerateConfig) -> _RunFolder:
         saved = load_json(run_dir / CONFIG)
         notes = []
         if config.steps != GenerateConfig().steps and config.steps != saved.steps:
-            notes.append(f"--steps {config.steps} applied to the resumed run (it had {saved.steps})")
+            notes.append(f"--steps {config.steps} applied to the resumed run: it now ends at step {config.steps} "
+                         f"instead of {saved.steps}")  # fmt: skip
             saved.steps = config.steps
         saved.resume = run_dir
         saved.validate()
@@ -656,7 +658,7 @@ def _start(folder: _RunFolder) -> Generation:
             run.load_checkpoint()
             if config.steps < run.step:
                 raise ConfigError(f"--steps {config.steps} is fewer than the {run.step} steps the checkpoint has "
-                                  f"done; give at least {run.step}")  # fmt: skip
+                                  f"done; --steps is the run's whole length, so give at least {run.step}")  # fmt: skip
     except KeyboardInterrupt:
         folder.abandon()
         what = "nothing was written" if config.resume is None else f"the run in {run_dir} is unchanged"

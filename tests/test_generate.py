@@ -545,9 +545,30 @@ def test_resume_refuses_flags_it_would_ignore_and_applies_more_steps(finished_ru
     assert "--steps 3 is fewer than the 4 steps the checkpoint has done" in capsys.readouterr().err
     assert files_of(run_dir) == before
     assert main(["generate", "--resume", str(run_dir), "--steps", "6"]) == 0
-    assert "--steps 6 applied to the resumed run (it had 4)" in capsys.readouterr().out
+    assert "--steps 6 applied to the resumed run: it now ends at step 6 instead of 4" in capsys.readouterr().out
     assert metric_steps(run_dir) == [1, 2, 3, 4, 5, 6]
     assert json.loads((run_dir / "config.json").read_text())["steps"] == 6
+
+
+def test_resume_steps_is_the_runs_new_length_and_may_shorten_an_unfinished_run(tiny_prior, tmp_path, capsys):
+    """Found by a hostile-input pass: docs/usage.md said --steps on --resume lengthens a run, but it sets the run's
+    length, which may also end an unfinished run earlier; only fewer steps than were done is refused."""
+    run_dir = tmp_path / "run"
+
+    def stop_at_4(progress):
+        if progress.step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt, match="a checkpoint of step 4 was saved"):
+        generate(small_config(tiny_prior, run_dir, steps=10), callback=stop_at_4)
+    assert main(["generate", "--resume", str(run_dir), "--steps", "3"]) == 2
+    assert ("--steps 3 is fewer than the 4 steps the checkpoint has done; --steps is the run's whole length, so give "
+            "at least 4") in capsys.readouterr().err  # fmt: skip
+    assert main(["generate", "--resume", str(run_dir), "--steps", "6"]) == 0
+    assert "--steps 6 applied to the resumed run: it now ends at step 6 instead of 10" in capsys.readouterr().out
+    assert metric_steps(run_dir) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run_dir / "config.json").read_text())["steps"] == 6
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 6
 
 
 def test_nan_before_any_checkpoint_says_so(tiny_prior, tmp_path):
