@@ -125,7 +125,7 @@ def score_distillation(
     generator: for the noise, on the latents' device.
     timer: times the pretrained and phi passes (`splatdreamer.timing`; the loop passes none).
     phi: VSD's eps_phi in place of the prior's LoRA model, e.g. the exact score of the particles' own mixture
-        (`toy/image_sampler.exact_phi`, the 2D diagnostic); None: `prior.eps_phi`.
+        (`toy/exact.exact_phi`, the 2D diagnostic); None: `prior.eps_phi`.
     """
     if mode not in ("vsd", "sds"):
         raise ConfigError(f"unknown score-distillation mode {mode!r}; use 'vsd' or 'sds'")

@@ -95,7 +95,7 @@ class ToyEvalConfig:
     counterpart of the toy preset's random colour per 3D particle). Both with pixel noise."""
     image_phi: Literal["lora", "exact"] = "lora"
     """VSD's phi for image particles (--space image): the LoRA model trained alongside (the paper's), or the exact
-    score of the particles' own mixture (what a perfectly fitted phi gives; `image_sampler.exact_phi`)."""
+    score of the particles' own mixture (what a perfectly fitted phi gives; `toy.exact.exact_phi`)."""
     ancestral_samples: int = 64
     """Ancestral samples of the prior counted per CFG (--space image)."""
     out_dir: Path = Path("runs/toy-eval")

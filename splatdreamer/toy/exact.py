@@ -15,23 +15,31 @@ instead of a training run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from diffusers import DDPMScheduler
 from torch import Tensor
 
+from splatdreamer.cameras import VIEW_LABELS
+from splatdreamer.prior.text import TextEmbeddings
 from splatdreamer.toy.sample import ancestral_sample
 
-Denoiser = Callable[[Tensor, int], Tensor]
+Denoiser = Callable[[Tensor, int], Tensor]  # exact_phi's takes [B] timesteps
 
 
-def posterior_mean(x: Tensor, abar: Tensor, flat: Tensor, log_pi: Tensor, sq: Tensor | None = None) -> Tensor:
+def posterior_mean(
+    x: Tensor, abar: Tensor, flat: Tensor, log_pi: Tensor, sq: Tensor | None = None, variance: Tensor | None = None
+) -> Tensor:
     """[B, D] E[x0 | x_t] for [B, D] noisy x_t at [B] abar_t, under the mixture of the [N, D] images `flat` with
-    [N] log weights, in the dtype given (`sq`: flat's [N] squared norms, when precomputed)."""
+    [N] log weights, in the dtype given (`sq`: flat's [N] squared norms, when precomputed). `variance`: [B] the
+    per-pixel variance of x_t about sqrt(abar_t) x_i, 1 - abar_t unless the components are wider (`exact_phi`'s
+    bandwidth); the result is then the mean of the component centres, sum_i w_i x_i."""
     sq = flat.pow(2).sum(1) if sq is None else sq
+    variance = 1 - abar if variance is None else variance
     d2 = x.pow(2).sum(1, keepdim=True) - 2 * abar.sqrt()[:, None] * (x @ flat.T) + abar[:, None] * sq[None]  # [B, N]
-    w = torch.softmax(log_pi[None] - d2 / (2 * (1 - abar))[:, None], dim=1)
+    w = torch.softmax(log_pi[None] - d2 / (2 * variance)[:, None], dim=1)
     return w @ flat
 
 
@@ -55,6 +63,34 @@ def exact_eps(images: Tensor, weights: Tensor, alphas_cumprod: Tensor) -> Denois
     return eps
 
 
+def exact_phi(particles: Tensor, alphas_cumprod: Tensor, bandwidth: float = 0.0) -> Denoiser:
+    """The exact epsilon of the noised particle distribution, a uniform mixture of the [K, C, h, w] latents
+    `particles`: eps(x_t, t) = (x_t - sqrt(abar_t) E[x0 | x_t]) / sqrt(1 - abar_t), with the posterior mean over
+    the K particles (`posterior_mean`), for [B] timesteps t. It is the minimum-error phi for the current
+    particles (VSD's eps_phi estimates exactly this score of q_t); computed in float64.
+
+    bandwidth: sigma > 0 makes each particle a Gaussian N(x_i, sigma^2 I) instead of a point, a phi that knows
+    the particles only up to sigma per pixel, as a model that generalises would. Then x_t about sqrt(abar) x_i
+    has variance v = 1 - abar + abar sigma^2 and eps = -sqrt(1 - abar) grad log q_t(x_t)
+    = sqrt(1 - abar) (x_t - sqrt(abar) sum_i w_i x_i) / v.
+    """
+    flat = particles.detach().flatten(1).double()
+    log_pi = torch.full((len(flat),), -math.log(len(flat)), dtype=torch.float64, device=flat.device)
+    sq = flat.pow(2).sum(1)
+
+    def eps(x_t: Tensor, t: Tensor) -> Tensor:
+        x = x_t.flatten(1).double()
+        abar = alphas_cumprod.to(x.device).double()[t]
+        if bandwidth == 0:
+            return eps_from_x0(x, abar, posterior_mean(x, abar, flat, log_pi, sq)).view_as(x_t).to(x_t.dtype)
+        v = 1 - abar + abar * bandwidth**2
+        centre = posterior_mean(x, abar, flat, log_pi, sq, variance=v)
+        out = (1 - abar).sqrt()[:, None] * (x - abar.sqrt()[:, None] * centre) / v[:, None]
+        return out.view_as(x_t).to(x_t.dtype)
+
+    return eps
+
+
 def guided_samples(
     cond: Denoiser,
     uncond: Denoiser,
@@ -72,3 +108,112 @@ def guided_samples(
         return e_u + guidance_scale * (cond(x, int(t)) - e_u)
 
     return ancestral_sample(guided_eps, scheduler, shape, num_steps, generator)
+
+
+class ExactPrior:
+    """The exact denoisers of weighted image sets in the place of a trained prior, for the 2D sampler.
+
+    Each prompt names a set of [N, 3, H, W] images in [0, 1] with [N] weights; the empty prompt's set is the
+    unconditional branch of classifier-free guidance. It offers what `vsd.score_distillation`,
+    `image_sampler.distill_images` and `generate.Generation` use of a `DiffusionPrior` (pixel space, epsilon
+    prediction), with eps_pretrained exact: a sampler run against it meets the true score of a chosen
+    distribution, so what it draws is the sampler's doing, not a network's. View labels are accepted and
+    ignored.
+
+    phi memorises: `phi_loss` stores the clean renders it is given (all particles' renders of the step) and
+    `eps_phi` is then `exact_phi` of them, the score a perfectly fitted phi would have, one step late as the
+    LoRA is; before the first `phi_loss`, phi is the pretrained model at CFG 1, as a fresh LoRA is. The camera
+    does not enter: phi is the score of the renders over all cameras, which is phi's own score for objects
+    that look alike from every side (the toy balls).
+    """
+
+    camera_dim = 16
+
+    def __init__(self, sets: dict[str, tuple[Tensor, Tensor]], alphas_cumprod: Tensor) -> None:
+        if "" not in sets:
+            raise ValueError("ExactPrior needs the empty prompt's set '' for the unconditional branch")
+        self.prompts = list(sets)
+        sizes = {tuple(images.shape[1:]) for images, _ in sets.values()}
+        if len(sizes) != 1 or len(next(iter(sizes))) != 3 or next(iter(sizes))[0] != 3:
+            raise ValueError(f"every set must hold [N, 3, H, W] images of one size; got sizes {sorted(sizes)}")
+        self.resolution = next(iter(sizes))[-1]
+        self.device = torch.device("cpu")
+        self.alphas_cumprod = alphas_cumprod.float()
+        self.num_train_timesteps = len(alphas_cumprod)
+        self._phi_anchor = torch.nn.Parameter(torch.zeros(()))  # for phi's optimiser; it never moves
+        self._memory: Tensor | None = None
+        self._sets = []
+        for images, weights in sets.values():
+            flat = (images * 2 - 1).flatten(1).double()
+            self._sets.append((flat, flat.pow(2).sum(1), (weights.double() / weights.sum()).log()))
+
+    def text_embeddings(self, prompt: str, negative_prompt: str = "") -> TextEmbeddings:
+        """The prompt and negative prompt as set indices, shaped as text states [1, 1, 1]."""
+        for p in (prompt, negative_prompt):
+            if p not in self.prompts:
+                raise KeyError(f"{p!r} has no image set; the sets are {self.prompts}")
+        index = lambda p: torch.tensor([[[float(self.prompts.index(p))]]])  # noqa: E731
+        views = dict.fromkeys(VIEW_LABELS, index(prompt))
+        return TextEmbeddings(cond=index(prompt), uncond=index(negative_prompt), view=views)
+
+    def token_count(self, prompt: str) -> tuple[int, int]:
+        return 1, 1  # a set's name is one token: nothing is cut
+
+    def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """[B, 3, H, W] in [0, 1] -> the image in [-1, 1] (pixel space)."""
+        assert images.shape[-2:] == (self.resolution, self.resolution), images.shape
+        return images * 2.0 - 1.0
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        abar = self.alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
+        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+
+    def _eps(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """[B, 3, H, W] exact epsilon of each sample under its own prompt's set (text [B, 1, 1] indices)."""
+        out = torch.empty_like(x_t, dtype=torch.float64)
+        x = x_t.flatten(1).double()
+        abar = self.alphas_cumprod.double()[t]
+        which = text.reshape(len(x_t), -1)[:, 0].long()
+        for i in which.unique().tolist():
+            rows = which == i
+            flat, sq, log_pi = self._sets[i]
+            out[rows] = eps_from_x0(x[rows], abar[rows], posterior_mean(x[rows], abar[rows], flat, log_pi, sq)).view(
+                -1, *x_t.shape[1:]
+            )
+        return out.to(x_t.dtype)
+
+    @torch.no_grad()
+    def eps_pretrained(
+        self, x_t: Tensor, t: Tensor, text_cond: Tensor, text_uncond: Tensor, cfg_scale: float | Tensor
+    ) -> Tensor:
+        """eps_u + s (eps_c - eps_u) with both branches exact, as `DiffusionPrior.eps_pretrained`."""
+        eps_u, eps_c = self._eps(x_t, t, text_uncond), self._eps(x_t, t, text_cond)
+        if isinstance(cfg_scale, Tensor):
+            cfg_scale = cfg_scale.to(eps_u).view(-1, *([1] * (eps_u.ndim - 1)))
+        return eps_u + cfg_scale * (eps_c - eps_u)
+
+    def eps_phi(self, x_t: Tensor, t: Tensor, text_cond: Tensor, camera: Tensor, cfg_scale: float = 1.0) -> Tensor:
+        """The exact score of the renders `phi_loss` last stored; the pretrained model's at CFG 1 before any."""
+        if self._memory is None:
+            return self.eps_pretrained(x_t, t, text_cond, text_cond, 1.0)
+        return exact_phi(self._memory, self.alphas_cumprod)(x_t, t)
+
+    def phi_loss(
+        self, x0: Tensor, text_cond: Tensor, camera: Tensor, generator: torch.Generator | None = None,
+        camera_dropout: float = 0.1,
+    ) -> Tensor:  # fmt: skip
+        """Memorise the clean renders [B, 3, H, W], phi's whole training; a zero loss with a graph, for the loop."""
+        self._memory = x0.detach().clone()
+        return self._phi_anchor * 0.0
+
+    def phi_parameters(self) -> list[torch.nn.Parameter]:
+        return [self._phi_anchor]
+
+    def phi_state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_phi_state_dict(self, state: dict[str, Tensor]) -> None:
+        self._memory = None

@@ -21,7 +21,7 @@ from torch import Tensor
 from splatdreamer import vsd
 from splatdreamer.prior import DiffusionPrior
 from splatdreamer.toy import measure
-from splatdreamer.toy.exact import eps_from_x0, posterior_mean
+from splatdreamer.toy.exact import exact_phi
 from splatdreamer.toy.objects import PALETTE
 from splatdreamer.toy.sample import MAX_COLOR_ERROR
 
@@ -69,6 +69,7 @@ class ImageRunConfig:
     score of the particles' own mixture at each step (`exact_phi`): the phi a LoRA would converge to if it
     could fit the particles perfectly, so a run shows what VSD's force between particles does with no fitting
     error."""
+    phi_bandwidth: float = 0.0  # exact phi only: each particle a Gaussian of this sigma per pixel (`exact_phi`)
     init: Literal["grey", "colors"] = "grey"
     """grey: every particle mid grey plus pixel noise. colors: each particle its own random flat colour plus
     pixel noise, the 2D counterpart of the toy preset's random initial colours per 3D particle."""
@@ -78,23 +79,6 @@ class ImageRunConfig:
     t_max_annealed: int = 500
     anneal_fraction: float = 0.5  # of the steps, as the toy preset (anneal_step 150 of 300)
     seed: int = 0
-
-
-def exact_phi(particles: Tensor, alphas_cumprod: Tensor) -> vsd.PhiScore:
-    """The exact epsilon of the noised particle distribution, a uniform mixture of the [K, C, h, w] latents
-    `particles`: eps(x_t, t) = (x_t - sqrt(abar_t) E[x0 | x_t]) / sqrt(1 - abar_t), with the posterior mean over
-    the K particles (`toy/exact.py`). It is the minimum-error phi for the current particles (VSD's
-    eps_phi estimates exactly this score of q_t); computed in float64."""
-    flat = particles.detach().flatten(1).double()
-    log_pi = torch.full((len(flat),), -math.log(len(flat)), dtype=torch.float64, device=flat.device)
-    sq = flat.pow(2).sum(1)
-
-    def eps(x_t: Tensor, t: Tensor) -> Tensor:
-        x = x_t.flatten(1).double()
-        abar = alphas_cumprod.to(x.device)[t].double()
-        return eps_from_x0(x, abar, posterior_mean(x, abar, flat, log_pi, sq)).view_as(x_t).to(x_t.dtype)
-
-    return eps
 
 
 def distill_images(prior: DiffusionPrior, prompt: str, config: ImageRunConfig) -> Tensor:
@@ -120,7 +104,8 @@ def distill_images(prior: DiffusionPrior, prompt: str, config: ImageRunConfig) -
     images = (start + 0.1 * torch.randn(k, 3, size, size, generator=gen_cpu)).clamp(0, 1).to(prior.device)
     images.requires_grad_(True)
     opt = torch.optim.Adam([images], lr=config.lr)
-    phi_opt = torch.optim.AdamW(prior.phi_parameters(), lr=config.phi_lr)
+    lora = config.mode == "vsd" and config.phi == "lora"
+    phi_opt = torch.optim.AdamW(prior.phi_parameters(), lr=config.phi_lr) if lora else None
     schedule = vsd.TimestepSchedule(
         t_min=config.t_min,
         t_max=config.t_max,
@@ -135,14 +120,14 @@ def distill_images(prior: DiffusionPrior, prompt: str, config: ImageRunConfig) -
         out = vsd.score_distillation(
             prior, latents, t, text=text, view_labels=None, camera=camera, mode=config.mode,
             cfg_scale=config.cfg_scale, cfg_max_t=config.cfg_max_t, generator=gen_dev,
-            phi=exact_phi(latents, prior.alphas_cumprod) if config.phi == "exact" else None,
+            phi=exact_phi(latents, prior.alphas_cumprod, config.phi_bandwidth) if config.phi == "exact" else None,
         )  # fmt: skip
         opt.zero_grad(set_to_none=True)
         (out.loss * k).backward()  # each particle moves by its own score gradient, as in the 3D loop
         opt.step()
         with torch.no_grad():
             images.clamp_(0, 1)
-        if config.mode == "vsd" and config.phi == "lora":
+        if lora:
             for _ in range(config.phi_steps):
                 loss = prior.phi_loss(
                     latents.detach(), text.plain(k), camera, generator=gen_dev, camera_dropout=config.camera_dropout
