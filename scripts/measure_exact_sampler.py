@@ -104,7 +104,9 @@ def run_3d(args: argparse.Namespace, alphas_cumprod: torch.Tensor) -> list[dict]
                 for seed in args.seeds:
                     config = presets.toy()
                     config.prompt, config.seed, config.steps = "a ball", seed, args.steps
-                    config.vsd = dataclasses.replace(config.vsd, mode=mode, cfg_scale=cfg, anneal_step=args.steps // 2)
+                    config.vsd = dataclasses.replace(
+                        config.vsd, mode=mode, cfg_scale=cfg, anneal_step=args.steps // 2, t_schedule=args.t_schedule
+                    )
                     config.splats = dataclasses.replace(config.splats, init_color="random" if init == "colors" else "grey")
                     start = time.perf_counter()
                     with tempfile.TemporaryDirectory() as run_dir:
@@ -130,6 +132,7 @@ def main() -> None:
     ap.add_argument("--cfgs", type=float, nargs="+", default=[1.0, 7.5])
     ap.add_argument("--bandwidths", type=float, nargs="+", default=[0.0], help="exact phi's sigma per pixel (`exact_phi`)")
     ap.add_argument("--anneal-fraction", type=float, default=0.5, help="share of the steps before t_max drops to 500")
+    ap.add_argument("--t-schedule", choices=("random", "decreasing"), default="random", help="VSDConfig.t_schedule")
     ap.add_argument("--lr", type=float, default=0.01, help="Adam's rate on the pixels")
     ap.add_argument("--inits", nargs="+", default=["grey", "colors"])
     ap.add_argument("--space", choices=("image", "3d"), default="image", help="3d: the toy preset's loop on 'a ball'")
@@ -174,6 +177,7 @@ def main() -> None:
                         config = ImageRunConfig(
                             mode=mode, phi="exact", phi_bandwidth=bandwidth, cfg_scale=cfg, particles=args.particles, steps=args.steps,
                             init=init, seed=seed, anneal_fraction=args.anneal_fraction, lr=args.lr,
+                            t_schedule=args.t_schedule,
                         )  # fmt: skip
                         start = time.perf_counter()
                         images = distill_images(prior, world, config)

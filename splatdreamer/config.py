@@ -78,6 +78,14 @@ class VSDConfig:
     """Largest timestep after `anneal_step` (official: 500 after t5_iters)."""
     anneal_step: int = 1000
     """Step at which t_max drops (official 5000 of 25k NeRF steps; 3DGS runs are shorter)."""
+    t_schedule: Literal["random", "decreasing"] = "random"
+    """How t is drawn. random: uniform in [t_min, t_max], t_max lowered to t_max_annealed at anneal_step (the
+    official code). decreasing: t falls linearly from t_max to t_min over the run, each sample within
+    +-t_jitter of the line (a time-prioritised schedule, as DreamTime, Huang et al. 2023); t_max_annealed and
+    anneal_step are then unused. Particles choose their modes at high t, where VSD's force between them acts
+    (docs/benchmarks.md, "When VSD samples")."""
+    t_jitter: int = 20
+    """decreasing only: each sample's t lies within +-this of the falling line."""
     views_per_particle: int = 1
     """Cameras rendered per particle per step (official batch 1)."""
     grad_clip: float | None = None
@@ -404,6 +412,7 @@ BOUNDS: dict[str, Bound] = {
     "prior.phi_cfg_scale": NON_NEGATIVE,
     "vsd.cfg_scale": NON_NEGATIVE,
     "vsd.anneal_step": NON_NEGATIVE,
+    "vsd.t_jitter": Bound(0, 999),
     "vsd.cfg_max_t": Bound(0, 999),  # timesteps run 0..999
     "vsd.views_per_particle": Bound(0, 64, open_low=True),
     "vsd.grad_clip": POSITIVE,

@@ -280,6 +280,9 @@ class Generation:
             t_max=config.vsd.t_max,
             t_max_annealed=config.vsd.t_max_annealed,
             anneal_step=config.vsd.anneal_step,
+            kind=config.vsd.t_schedule,
+            total_steps=config.steps,
+            jitter=config.vsd.t_jitter,
         )
 
         self.particles = [

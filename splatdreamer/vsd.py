@@ -42,12 +42,18 @@ def guidance_at(t: Tensor, cfg_scale: float, cfg_max_t: int | None) -> float | T
 
 @dataclass
 class TimestepSchedule:
-    """t ~ U{t_min..t_max}, with t_max lowered to `t_max_annealed` from step `anneal_step` on (bounds inclusive)."""
+    """random: t ~ U{t_min..t_max}, with t_max lowered to `t_max_annealed` from step `anneal_step` on.
+    decreasing: t ~ U{c - jitter..c + jitter} within [t_min, t_max], the centre c falling linearly from t_max at
+    step 0 to t_min at step `total_steps` - 1 (a time-prioritised schedule, DreamTime: Huang et al. 2023, whose
+    ramp is non-linear). Bounds inclusive."""
 
     t_min: int = 20  # official nerf/sd.py:71 min_step = 0.02 * 1000 (main.py:77 --t_range 0.02 0.98)
     t_max: int = 980  # official nerf/sd.py:72 max_step = 0.98 * 1000
     t_max_annealed: int = 500  # official nerf/sd.py:109-110: after t5_iters, t ~ randint(20, 501)
     anneal_step: int = 5000  # official main.py:140 --t5_iters 5000 (of 25k NeRF steps); threestudio yaml l.72
+    kind: str = "random"
+    total_steps: int = 0  # decreasing: the run's length
+    jitter: int = 20  # decreasing: half-width of the band about the line
 
     def __post_init__(self) -> None:
         if not 0 <= self.t_min <= self.t_max_annealed <= self.t_max:
@@ -55,10 +61,18 @@ class TimestepSchedule:
                 f"timesteps need 0 <= t_min <= t_max_annealed <= t_max; got t_min={self.t_min}, "
                 f"t_max_annealed={self.t_max_annealed}, t_max={self.t_max}"
             )
+        if self.kind not in ("random", "decreasing"):
+            raise ConfigError(f"unknown timestep schedule {self.kind!r}; use 'random' or 'decreasing'")
+        if self.kind == "decreasing" and self.total_steps < 1:
+            raise ConfigError(f"a decreasing timestep schedule needs the run's length, got {self.total_steps} steps")
 
     def timestep_bounds(self, step: int) -> tuple[int, int]:
         """(lowest, highest) timestep drawn at optimisation step `step`, both inclusive."""
-        return self.t_min, (self.t_max if step < self.anneal_step else self.t_max_annealed)
+        if self.kind == "random":
+            return self.t_min, (self.t_max if step < self.anneal_step else self.t_max_annealed)
+        fraction = min(step / max(self.total_steps - 1, 1), 1.0)
+        centre = round(self.t_max - (self.t_max - self.t_min) * fraction)
+        return max(self.t_min, centre - self.jitter), min(self.t_max, centre + self.jitter)
 
     def sample_timesteps(self, batch: int, step: int, generator: torch.Generator | None = None) -> Tensor:
         """[batch] int64 timesteps on the generator's device (CPU by default), one per sample.

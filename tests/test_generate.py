@@ -43,6 +43,20 @@ def tiny_config(prior_dir, out_dir, steps=12, particles=2) -> GenerateConfig:
     return c
 
 
+def test_decreasing_timesteps_reach_the_loop_from_the_command_line(tiny_prior, tmp_path):
+    """`--vsd.t-schedule decreasing --vsd.t-jitter 5`, as a user types it: the logged mean t of each step falls
+    from near t_max to near t_min (the random schedule's would wander over [20, 980])."""
+    c = tiny_config(tiny_prior, tmp_path / "run", steps=10, particles=1)
+    c.output.checkpoint_every = c.output.preview_every = 0
+    save_json(c, tmp_path / "c.json")
+    assert main(["generate", "--config", str(tmp_path / "c.json"), "--vsd.t-schedule", "decreasing", "--vsd.t-jitter", "5"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["vsd"]
+    assert (saved["t_schedule"], saved["t_jitter"]) == ("decreasing", 5)
+    t = [json.loads(line)["t_mean"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    centres = [980 - 960 * i / 9 for i in range(10)]
+    assert all(abs(a - b) <= 5 for a, b in zip(t, centres)), t
+
+
 def test_end_to_end_two_particles(tiny_prior, tmp_path):
     progress = []
     result = generate(tiny_config(tiny_prior, tmp_path / "run"), callback=progress.append)

@@ -129,3 +129,21 @@ def test_timestep_schedule_anneals_and_samples_inclusive_bounds():
                        s.sample_timesteps(5, 0, torch.Generator().manual_seed(3)))  # fmt: skip
     with pytest.raises(ConfigError, match="t_min <= t_max_annealed <= t_max"):
         vsd.TimestepSchedule(t_min=600)
+
+
+def test_decreasing_timestep_schedule_falls_from_t_max_to_t_min_within_its_band():
+    """--vsd.t-schedule decreasing: the band's centre falls linearly from t_max at step 0 to t_min at the last step,
+    each sample within +-jitter of it and inside [t_min, t_max]; annealing plays no part."""
+    s = vsd.TimestepSchedule(kind="decreasing", total_steps=101, jitter=20, anneal_step=10)
+    assert s.timestep_bounds(0) == (960, 980)
+    assert s.timestep_bounds(50) == (480, 520)
+    assert s.timestep_bounds(100) == s.timestep_bounds(500) == (20, 40)
+    centres = [sum(s.timestep_bounds(i)) / 2 for i in range(1, 100)]
+    assert all(a > b for a, b in zip(centres, centres[1:]))  # strictly falling, past annealing's step 10
+    t = s.sample_timesteps(5000, 50, torch.Generator().manual_seed(0))
+    assert (t.min(), t.max()) == (480, 520) and len(t.unique()) == 41
+    assert vsd.TimestepSchedule(kind="decreasing", total_steps=1, jitter=0).timestep_bounds(0) == (980, 980)
+    with pytest.raises(ConfigError, match="unknown timestep schedule"):
+        vsd.TimestepSchedule(kind="falling", total_steps=10)
+    with pytest.raises(ConfigError, match="needs the run's length"):
+        vsd.TimestepSchedule(kind="decreasing")

@@ -444,7 +444,8 @@ def evaluate_images(config: ToyEvalConfig) -> str:
                         mode=mode, cfg_scale=scale, cfg_max_t=config.base.vsd.cfg_max_t,
                         particles=config.image_particles, steps=config.image_steps,
                         phi_lr=config.base.prior.phi_lr, phi_steps=config.base.prior.phi_steps, seed=seed,
-                        init=config.image_init, phi=config.image_phi,
+                        init=config.image_init, phi=config.image_phi, t_schedule=config.base.vsd.t_schedule,
+                        t_jitter=config.base.vsd.t_jitter,
                     )  # fmt: skip
                     images = im.distill_images(prior, prompt, run)
                     labels = im.classify_colors(images)

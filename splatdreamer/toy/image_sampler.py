@@ -78,6 +78,8 @@ class ImageRunConfig:
     t_max: int = 980
     t_max_annealed: int = 500
     anneal_fraction: float = 0.5  # of the steps, as the toy preset (anneal_step 150 of 300)
+    t_schedule: Literal["random", "decreasing"] = "random"  # VSDConfig.t_schedule
+    t_jitter: int = 20  # VSDConfig.t_jitter
     seed: int = 0
 
 
@@ -111,6 +113,9 @@ def distill_images(prior: DiffusionPrior, prompt: str, config: ImageRunConfig) -
         t_max=config.t_max,
         t_max_annealed=config.t_max_annealed,
         anneal_step=round(config.anneal_fraction * config.steps),
+        kind=config.t_schedule,
+        total_steps=config.steps,
+        jitter=config.t_jitter,
     )
     text = prior.text_embeddings(prompt)
     camera = torch.zeros(k, prior.camera_dim, device=prior.device)
