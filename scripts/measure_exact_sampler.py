@@ -52,19 +52,44 @@ SATURATION = VALUE = 0.85
 ARC = torch.tensor([colorsys.hsv_to_rgb(h / 360, SATURATION, VALUE) for h in np.arange(0, 360.5, 0.5)]).float()
 
 
-def ball_coverage(size: int) -> torch.Tensor:
-    """[1, H, W] the opacity of the toy ball seen from the front at the middle of the camera ranges."""
+FRONT = orbit(torch.tensor([15.0]), torch.tensor([0.0]), torch.tensor([1.8]), torch.tensor([45.0]), 32, 32)
+"""The 2D worlds' one camera, and the 3D runs' scoring view: the middle of generation's camera ranges."""
+
+
+def ball_coverage(cameras) -> torch.Tensor:
+    """[V, 1, H, W] the opacity of the toy ball seen from each camera."""
     means, normals = ball_surface()
     black = gaussians(means, normals, torch.zeros(len(means), 3))
-    cam = orbit(torch.tensor([15.0]), torch.tensor([0.0]), torch.tensor([1.8]), torch.tensor([45.0]), size, size)
     with torch.no_grad():
-        img = render(black, cam, background=torch.ones(1, 3)).rgb.clamp(0, 1)  # = 1 - alpha on white
-    return 1 - img[0, :1]
+        img = render(black, cameras, background=torch.ones(len(cameras), 3)).rgb.clamp(0, 1)  # 1 - alpha on white
+    return 1 - img[:, :1]
 
 
 def balls(colors: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """[N, 3] colours -> [N, 3, H, W] balls of those colours on white."""
-    return colors[:, :, None, None] * alpha + (1 - alpha)
+    """[N, 3] colours, [V, 1, H, W] opacities -> [N * V, 3, H, W] balls of those colours on white, colour-major
+    (a render is linear in the Gaussians' one colour: c alpha + white (1 - alpha))."""
+    return (colors[:, None, :, None, None] * alpha[None] + (1 - alpha[None])).flatten(0, 1)
+
+
+def world_colors(world: str) -> torch.Tensor:
+    """[N, 3] the ball colours of a world: the four of the toy world, or 97 hues 2.5 degrees apart on the arc
+    (neighbours 0.02-0.04 apart in RGB, far closer than the noise at any t > 20)."""
+    if world == "four":
+        return torch.tensor([PALETTE[c] for c in BALL_COLORS])
+    lo, hi = HUE_RANGE
+    return torch.tensor([colorsys.hsv_to_rgb(h / 360, SATURATION, VALUE) for h in np.linspace(lo, hi, 97)]).float()
+
+
+def exact_prior(world: str, alpha: torch.Tensor, alphas_cumprod: torch.Tensor) -> tuple[ExactPrior, dict]:
+    """The exact prior whose prompt `world` is that world's balls seen with opacities `alpha`, equally likely;
+    unconditional: both worlds' balls and a blank image, a third each. Also returns the sets."""
+    sets = {w: balls(world_colors(w), alpha) for w in ("hues", "four")}
+    blank = torch.ones(1, 3, *alpha.shape[-2:])
+    uncond = torch.cat([sets["hues"], sets["four"], blank])
+    uncond_w = torch.cat([torch.full((len(sets["hues"]),), 1 / len(sets["hues"])),
+                          torch.full((len(sets["four"]),), 1 / len(sets["four"])), torch.ones(1)])  # fmt: skip
+    weights = {"": (uncond, uncond_w), world: (sets[world], torch.ones(len(sets[world])))}
+    return ExactPrior(weights, alphas_cumprod), weights
 
 
 def hue_of(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -85,41 +110,43 @@ def spread(hues: list[float]) -> dict:
     return {"hues": sorted(round(x) for x in h), "std": float(np.std(h)) if h else float("nan"), "bins": len(bins)}
 
 
-def ball_prior(alphas_cumprod: torch.Tensor, views: int) -> ExactPrior:
-    """The exact prior of the toy world's "a ball" in 3D: its four balls from `views` cameras of generation's
-    range each, equally likely; unconditional: those and a blank image, half each."""
-    cameras = sample(views, DEFAULT_RANGES, 32, 32, torch.Generator().manual_seed(2))
-    images = torch.cat([render_views(b, cameras) for b in variants("a ball")])
-    uncond = torch.cat([images, torch.ones(1, 3, 32, 32)])
-    uncond_w = torch.cat([torch.full((len(images),), 1 / len(images)), torch.ones(1)])
-    return ExactPrior({"a ball": (images, torch.ones(len(images))), "": (uncond, uncond_w)}, alphas_cumprod)
-
-
 def run_3d(args: argparse.Namespace, alphas_cumprod: torch.Tensor) -> list[dict]:
-    """The toy preset's generation of "a ball" against the exact prior, SDS and VSD with the memorising phi."""
+    """The toy preset's generation against the exact prior of each world's balls from `args.views` cameras of
+    generation's range: SDS, and VSD with the memorising phi (the exact score of the last step's renders)."""
+    alpha = ball_coverage(sample(args.views, DEFAULT_RANGES, 32, 32, torch.Generator().manual_seed(2)))
     results = []
-    for cfg in args.cfgs:
-        for init in args.inits:
-            for mode in ("sds", "vsd"):
-                for seed in args.seeds:
-                    config = presets.toy()
-                    config.prompt, config.seed, config.steps = "a ball", seed, args.steps
-                    config.vsd = dataclasses.replace(
-                        config.vsd, mode=mode, cfg_scale=cfg, anneal_step=args.steps // 2, t_schedule=args.t_schedule
-                    )
-                    config.splats = dataclasses.replace(config.splats, init_color="random" if init == "colors" else "grey")
-                    start = time.perf_counter()
-                    with tempfile.TemporaryDirectory() as run_dir:
-                        run = Generation(config, Path(run_dir), prior=ball_prior(alphas_cumprod, args.views))
-                        for _ in range(config.steps):
-                            run.train_step()
-                    scores = [score_particle(p, "a ball", 64) for p in run.particles]
-                    names = [variants("a ball")[s.variant].name if s.pure else "impure" for s in scores]
-                    row = {"space": "3d", "cfg": cfg, "method": mode, "init": init, "seed": seed, "balls": names}
-                    row |= {"covered": len({n for n in names if n != "impure"}), "iou": [round(s.iou, 3) for s in scores]}
-                    row["seconds"] = round(time.perf_counter() - start, 1)
-                    results.append(row)
-                    print(json.dumps(row), flush=True)
+    for world in args.worlds:
+        for cfg in args.cfgs:
+            for init in args.inits:
+                for mode in ("sds", "vsd"):
+                    for seed in args.seeds:
+                        config = presets.toy()
+                        config.prompt, config.seed, config.steps = world, seed, args.steps
+                        config.vsd = dataclasses.replace(
+                            config.vsd, mode=mode, cfg_scale=cfg, anneal_step=args.steps // 2,
+                            t_schedule=args.t_schedule,
+                        )  # fmt: skip
+                        config.splats = dataclasses.replace(
+                            config.splats, init_color="random" if init == "colors" else "grey"
+                        )
+                        start = time.perf_counter()
+                        with tempfile.TemporaryDirectory() as run_dir:
+                            run = Generation(config, Path(run_dir), prior=exact_prior(world, alpha, alphas_cumprod)[0])
+                            for _ in range(config.steps):
+                                run.train_step()
+                        row = {"space": "3d", "world": world, "cfg": cfg, "method": mode, "init": init, "seed": seed}
+                        if world == "four":
+                            scores = [score_particle(p, "a ball", 64) for p in run.particles]
+                            names = [variants("a ball")[s.variant].name if s.pure else "impure" for s in scores]
+                            row |= {"balls": names, "covered": len({n for n in names if n != "impure"})}
+                        else:
+                            with torch.no_grad():
+                                front = torch.cat([render(p, FRONT, torch.ones(1, 3)).rgb.clamp(0, 1) for p in run.particles])
+                            hues, off = hue_of(front)
+                            row |= spread(hues) | {"off_arc": float(np.nanmean(off))}
+                        row["seconds"] = round(time.perf_counter() - start, 1)
+                        results.append(row)
+                        print(json.dumps(row), flush=True)
     return results
 
 
@@ -147,23 +174,13 @@ def main() -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "results.json").write_text(json.dumps(results, indent=1))
         return
-    alpha = ball_coverage(32)
-    lo, hi = HUE_RANGE
-    hue_colors = torch.tensor(
-        [colorsys.hsv_to_rgb(h / 360, SATURATION, VALUE) for h in np.linspace(lo, hi, 97)]
-    ).float()  # 2.5 degrees apart: neighbours 0.02-0.04 apart in RGB, far closer than the noise at any t > 20
-    four_colors = torch.tensor([PALETTE[c] for c in BALL_COLORS])
-    worlds = {"hues": balls(hue_colors, alpha), "four": balls(four_colors, alpha)}
-    blank = torch.ones(1, 3, 32, 32)
-    uncond = torch.cat([worlds["hues"], worlds["four"], blank])
-    uncond_w = torch.cat([torch.full((97,), 1 / 97), torch.full((4,), 1 / 4), torch.ones(1)])
-    sets = {name: (images, torch.ones(len(images))) for name, images in worlds.items()}
-    prior = ExactPrior({**sets, "": (uncond, uncond_w)}, scheduler.alphas_cumprod)
+    alpha = ball_coverage(FRONT)
     results = []
     for world in args.worlds:
+        prior, sets = exact_prior(world, alpha, scheduler.alphas_cumprod)
         for cfg in args.cfgs:
             cond = exact_eps(sets[world][0] * 2 - 1, sets[world][1], scheduler.alphas_cumprod)
-            unc = exact_eps(uncond * 2 - 1, uncond_w, scheduler.alphas_cumprod)
+            unc = exact_eps(sets[""][0] * 2 - 1, sets[""][1], scheduler.alphas_cumprod)
             anc = guided_samples(cond, unc, scheduler, (64, 3, 32, 32), cfg, generator=torch.Generator().manual_seed(0))
             row = {"world": world, "cfg": cfg, "method": "prior", "init": "-", "seed": "-"}
             row |= spread(hue_of(anc)[0]) if world == "hues" else {}
@@ -175,14 +192,15 @@ def main() -> None:
                 for mode, bandwidth in methods:
                     for seed in args.seeds:
                         config = ImageRunConfig(
-                            mode=mode, phi="exact", phi_bandwidth=bandwidth, cfg_scale=cfg, particles=args.particles, steps=args.steps,
-                            init=init, seed=seed, anneal_fraction=args.anneal_fraction, lr=args.lr,
+                            mode=mode, phi="exact", phi_bandwidth=bandwidth, cfg_scale=cfg, particles=args.particles,
+                            steps=args.steps, init=init, seed=seed, anneal_fraction=args.anneal_fraction, lr=args.lr,
                             t_schedule=args.t_schedule,
                         )  # fmt: skip
                         start = time.perf_counter()
                         images = distill_images(prior, world, config)
                         hues, off = hue_of(images)
-                        row = {"world": world, "cfg": cfg, "method": mode, "bandwidth": bandwidth, "init": init, "seed": seed}
+                        row = {"world": world, "cfg": cfg, "method": mode, "bandwidth": bandwidth, "init": init}
+                        row["seed"] = seed
                         row |= spread(hues) | {"off_arc": float(np.nanmean(off))} if world == "hues" else {}
                         row["colors"] = dict(Counter(classify_colors(images)))
                         row["seconds"] = round(time.perf_counter() - start, 1)
