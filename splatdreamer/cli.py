@@ -143,7 +143,8 @@ def cmd_generate(args: list[str]) -> None:
     from splatdreamer.generate import generate
 
     base, started_from = _starting_config(args)
-    if not base.prompt and "--resume" not in (a.partition("=")[0] for a in args):
+    typed = {a.partition("=")[0] for a in args}
+    if not base.prompt and "--resume" not in typed:
         base.prompt = tyro.MISSING  # shown as required; a resumed run takes its prompt from its config.json
     description = (
         "Text to 3D Gaussian splats with Variational Score Distillation.\n\n"
@@ -160,14 +161,15 @@ def cmd_generate(args: list[str]) -> None:
     config = cmd.run
     if config.resume is not None and started_from is not None:
         raise ConfigError("--resume continues a run with its own config.json; drop --preset / --config")
+    steps_given = "--steps" in typed  # a resumed run takes it even where it equals the default
     if not cmd.live.viewer:
-        generate(config)
+        generate(config, steps_given=steps_given)
         return
     from splatdreamer.viewer import LiveViewer
 
     live = LiveViewer(port=cmd.live.viewer_port, every=cmd.live.viewer_every)
     try:
-        generate(config, callback=live)
+        generate(config, callback=live, steps_given=steps_given)
         live.finish()
     except BaseException:
         live.close()

@@ -140,11 +140,11 @@ class _RunFolder:
                 break
 
 
-def _open_run_folder(config: GenerateConfig) -> _RunFolder:
+def _open_run_folder(config: GenerateConfig, steps_given: bool) -> _RunFolder:
     """Check the config and the folder, then lock it; nothing is deleted or written but the lock (and the
     folders leading to it). Raises `ConfigError` / `RunFolderError` naming the problem."""
     if config.resume is not None:
-        return _open_resumed(config)
+        return _open_resumed(config, steps_given)
     config.validate()
     run_dir = Path(config.output.out_dir or Path("runs") / prompt_slug(config.prompt))
     try:
@@ -178,7 +178,7 @@ def _open_run_folder(config: GenerateConfig) -> _RunFolder:
     return _RunFolder(saved, run_dir, lock, created, replace=bool(entries), notes=[])
 
 
-def _open_resumed(config: GenerateConfig) -> _RunFolder:
+def _open_resumed(config: GenerateConfig, steps_given: bool) -> _RunFolder:
     check_fields(config)
     run_dir = Path(config.resume)
     ignored = [n for n in changed_fields(config, GenerateConfig(resume=config.resume)) if n not in RESUME_FLAGS]
@@ -196,7 +196,7 @@ def _open_resumed(config: GenerateConfig) -> _RunFolder:
     try:
         saved = load_json(run_dir / CONFIG)
         notes = []
-        if config.steps != GenerateConfig().steps and config.steps != saved.steps:
+        if (steps_given or config.steps != GenerateConfig().steps) and config.steps != saved.steps:
             notes.append(f"--steps {config.steps} applied to the resumed run: it now ends at step {config.steps} "
                          f"instead of {saved.steps}")  # fmt: skip
             saved.steps = config.steps
@@ -613,8 +613,13 @@ def _interrupt_between_steps():
         yield flag
 
 
-def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None = None) -> Result:
+def generate(
+    config: GenerateConfig, callback: Callable[[Progress], None] | None = None, *, steps_given: bool = False
+) -> Result:
     """Run a generation (or continue one, with `config.resume`) and write its files.
+
+    A resumed run keeps its own length unless `config.steps` differs from GenerateConfig's default, or
+    `steps_given` says it was set on purpose (the CLI's typed --steps): a config cannot tell 2000 from unset.
 
     Returns the particles and the paths of everything written. `callback` is called after every step
     with a `Progress` (its `particles` are the run's own: `viewer.LiveViewer` shows them in a browser). Ctrl-C saves a checkpoint before re-raising, so `--resume` can continue the run;
@@ -629,7 +634,7 @@ def generate(config: GenerateConfig, callback: Callable[[Progress], None] | None
                           "GenerateConfig(prompt=...) or start from a preset, e.g. splatdreamer.presets.toy()")  # fmt: skip
     if callback is not None and not callable(callback):
         raise ConfigError(f"callback must be a function of one Progress, got {type(callback).__name__}")
-    folder = _open_run_folder(config)
+    folder = _open_run_folder(config, steps_given)
     try:
         return _run(folder, callback)
     finally:

@@ -82,7 +82,7 @@ def test_flags_override_the_preset_wherever_they_stand(tmp_path: Path, monkeypat
     import importlib
 
     module = importlib.import_module("splatdreamer.generate")  # the module; splatdreamer.generate is the function
-    monkeypatch.setattr(module, "generate", lambda config, callback=None: seen.append(config))
+    monkeypatch.setattr(module, "generate", lambda config, **options: seen.append(config))
     assert main(["generate", "--steps", "5", "--preset", "toy", "--prompt", "a"]) == 0
     assert main(["generate", "--preset", "toy", "--steps", "5", "--prompt", "a"]) == 0
     assert seen[0] == seen[1] and seen[0].steps == 5 and seen[0].prior.name == PRESETS["toy"]().prior.name

@@ -585,6 +585,21 @@ def test_resume_steps_is_the_runs_new_length_and_may_shorten_an_unfinished_run(t
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 6
 
 
+def test_resume_applies_a_typed_steps_that_equals_the_default(finished_run, tmp_path, capsys, monkeypatch):
+    """Found by a hostile-input pass: `--resume RUN --steps 2000` kept the run's own 4 steps without a word, since
+    2000 is GenerateConfig's default and read as not given. Without --steps the run keeps its length."""
+    run_dir = copy_run(finished_run, tmp_path)
+    assert main(["generate", "--resume", str(run_dir)]) == 0
+    assert "applied to the resumed run" not in capsys.readouterr().out
+    assert json.loads((run_dir / "config.json").read_text())["steps"] == 4
+    assert GenerateConfig().steps == 2000
+    interrupt_step(monkeypatch, at_call=2)  # within step 6: the 1996 more steps are not run here
+    assert main(["generate", "--resume", str(run_dir), "--steps=2000"]) == 130
+    assert "--steps 2000 applied to the resumed run: it now ends at step 2000 instead of 4" in capsys.readouterr().out
+    assert json.loads((run_dir / "config.json").read_text())["steps"] == 2000
+    assert metric_steps(run_dir) == [1, 2, 3, 4, 5]
+
+
 def test_nan_before_any_checkpoint_says_so(tiny_prior, tmp_path):
     from splatdreamer.errors import NonFiniteError
 
