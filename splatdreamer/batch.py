@@ -144,8 +144,9 @@ def _is_seed(value) -> bool:
 def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfig, out_dir: Path) -> list[GenerateConfig]:
     """One config per run: each item at its own seed or at every seed, in its folder `out_dir/<slug>-s<seed>`.
 
-    The settings every run shares, and each item's prompt and seed, are checked here (`ConfigError` naming the
-    line, before anything runs); what only a run's task can find, such as a NaN, fails that run alone."""
+    The settings every run shares, and each item's fields (their types, a blank prompt, the seed's range), are
+    checked here (`ConfigError` naming the line, or prompts[i] for an item without one, before anything runs);
+    what only a run's task can find, such as a NaN, fails that run alone."""
     if not seeds:
         raise ConfigError("--seeds is empty; give at least one, e.g. --seeds 0")
     for seed in seeds:
@@ -155,8 +156,12 @@ def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfi
     if repeated:
         raise ConfigError(f"--seeds names {', '.join(map(str, repeated))} more than once; give each seed once")
     dataclasses.replace(config, prompt="-", resume=None).validate()
+    hints = typing.get_type_hints(BatchItem)
     configs, seen = [], {}
-    for item in items:
+    for i, item in enumerate(items):
+        where = item.source or f"prompts[{i}]"
+        for f in dataclasses.fields(item):  # a Python caller's BatchItem(prompt=3) would fail deep below
+            check_type(hints[f.name], getattr(item, f.name), f"{where}: BatchItem.{f.name}")
         if not item.prompt.strip():
             raise ConfigError(f"{item.source or repr(item.prompt)}: the prompt is blank; write one there, e.g. "
                               "a red ball, or leave the line out")  # fmt: skip

@@ -504,6 +504,31 @@ def test_batch_refuses_wrong_python_arguments_before_ray_starts(tmp_path, monkey
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        (BatchItem(3), "prompts[1]: BatchItem.prompt must be a string, got 3 (int)"),
+        (BatchItem("a red ball", seed="x"), "prompts[1]: BatchItem.seed must be a whole number, got 'x' (str)"),
+        (BatchItem("a red ball", negative_prompt=5), "prompts[1]: BatchItem.negative_prompt must be a string, got 5"),
+    ],
+)
+def test_a_batch_item_of_the_wrong_type_is_named(tmp_path, monkeypatch, item, message):
+    """Found by a hostile-input pass: BatchItem(prompt=3) failed with an AttributeError inside plan(), and a
+    negative_prompt of 5 was planned into a run."""
+    import importlib
+
+    B = importlib.import_module("splatdreamer.batch")
+    monkeypatch.setattr(B, "_import_ray", lambda: None)  # plan() refuses it before Ray is asked for anything
+    items = [BatchItem("a blue cube"), item]
+    with pytest.raises(ConfigError) as info:
+        plan(items, [0], toy(), tmp_path / "out")
+    assert str(info.value).startswith(message)
+    with pytest.raises(ConfigError) as info:
+        B.batch(items, toy(), tmp_path / "out")
+    assert str(info.value).startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
 def test_batch_refuses_a_folder_of_someone_elses_files(tmp_path, monkeypatch):
     """Found by a hostile-input pass: a batch into a folder holding the user's index.html replaced it with the
     gallery. A folder without a manifest may hold only what a batch writes (run folders, its gallery)."""
