@@ -265,7 +265,8 @@ def run_task(config: GenerateConfig, overwrite: bool, events=None, cpu_threads: 
 def read_manifest(out_dir: Path) -> dict[str, RunEntry]:
     """The entries of `out_dir/batch.jsonl` by run name; {} when there is none. Every value is checked against
     its field's type: a hand edit such as `"files": "abc"` would otherwise fail later with a TypeError, or be
-    written back as it is."""
+    written back as it is. Paths must stay inside the batch folder: they are checked with is_file() and linked
+    from the gallery, so `../../etc/passwd` or an absolute path is refused."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         return {}
@@ -277,6 +278,12 @@ def read_manifest(out_dir: Path) -> dict[str, RunEntry]:
                 entry = RunEntry(**{k: v for k, v in json.loads(line).items() if k in hints})
                 for name, hint in hints.items():
                     check_type(hint, getattr(entry, name), f'line {number}: "{name}"')
+                for name in ("files", "previews", "turntables"):
+                    for i, file in enumerate(getattr(entry, name)):
+                        if Path(file).anchor or ".." in Path(file).parts:
+                            raise ConfigError(f'line {number}: "{name}"[{i}] must be a relative path inside the '
+                                              "batch folder (RUN/FILE, without .. or a leading /), got "
+                                              f"{file!r:.80}")  # fmt: skip
                 entries[entry.name] = entry
     except (OSError, ValueError, TypeError, AttributeError) as e:
         why = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"

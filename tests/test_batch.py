@@ -314,6 +314,28 @@ def test_a_manifest_value_of_the_wrong_type_is_named(tmp_path, capsys, key, valu
     assert (tmp_path / "out" / MANIFEST).read_text() == before
 
 
+@pytest.mark.parametrize(
+    "key, path",
+    [("files", "../../etc/passwd"), ("previews", "/etc/passwd"), ("turntables", "a_red_ball-s0/../../x.gif")],
+)
+def test_a_manifest_path_outside_the_batch_folder_is_refused(tmp_path, capsys, key, path):
+    """Found by a hostile-input pass: a hand-edited batch.jsonl could name any file on the machine in "files",
+    "previews" or "turntables"; the batch checked it with is_file() and the gallery linked it."""
+    (tmp_path / "out").mkdir()
+    entry = RunEntry("a_red_ball-s0", "a red ball", 0, "", status="done", files=["a_red_ball-s0/particle_0.ply"])
+    line = {**dataclasses.asdict(entry), key: ["a_red_ball-s0/particle_0.ply", path]}
+    before = write(tmp_path / "out" / MANIFEST, json.dumps(line) + "\n").read_text()
+    message = (f'line 1: "{key}"[1] must be a relative path inside the batch folder (RUN/FILE, without .. or a '
+               f"leading /), got {path!r}); correct it, or delete it")  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        read_manifest(tmp_path / "out")
+    assert message in str(info.value)
+    assert batch_cli(tmp_path, "--prompts-file", str(write(tmp_path / "p.txt", "a red ball\n")), *TINY) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert (tmp_path / "out" / MANIFEST).read_text() == before and not (tmp_path / "out" / GALLERY).exists()
+
+
 # ---------------------------------------------------------------- whole batches on a local Ray instance
 
 
