@@ -111,7 +111,7 @@ def guided_samples(
 
 
 class ExactPrior:
-    """The exact denoisers of weighted image sets in the place of a trained prior, for the 2D sampler.
+    """Exact denoisers of weighted image sets in the place of a trained prior, for the 2D sampler and the 3D loop.
 
     Each prompt names a set of [N, 3, H, W] images in [0, 1] with [N] weights; the empty prompt's set is the
     unconditional branch of classifier-free guidance. It offers what `vsd.score_distillation`,
