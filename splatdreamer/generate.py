@@ -385,9 +385,12 @@ class Generation:
             x0 = latents.detach()
             with timer.part("phi_train"):
                 for _ in range(cfg.prior.phi_steps):
+                    t_phi = None
+                    if cfg.prior.phi_timesteps == "schedule":
+                        t_phi = self.schedule.sample_timesteps(batch, self.step, self.gen_cpu)
                     phi_loss = self.prior.phi_loss(
                         x0, self.text.plain(batch), camera, generator=self.gen_dev,
-                        camera_dropout=cfg.prior.camera_dropout,
+                        camera_dropout=cfg.prior.camera_dropout, t=t_phi,
                     )  # fmt: skip
                     phi_loss.backward()
                     self.phi_optimizer.step()

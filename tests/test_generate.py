@@ -1,6 +1,7 @@
 """The whole loop on a tiny random prior: files, densification, resume, and bad input."""
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -55,6 +56,27 @@ def test_decreasing_timesteps_reach_the_loop_from_the_command_line(tiny_prior, t
     t = [json.loads(line)["t_mean"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     centres = [980 - 960 * i / 9 for i in range(10)]
     assert all(abs(a - b) <= 5 for a, b in zip(t, centres)), t
+
+
+def test_phi_trains_at_the_particles_timesteps_when_asked(tiny_prior, tmp_path, monkeypatch):
+    """--prior.phi-timesteps schedule: each phi step trains at t drawn from the particles' band of that step (here
+    the decreasing schedule's); by default phi_loss draws its own t."""
+    from splatdreamer.prior import DiffusionPrior
+
+    seen = []
+    phi_loss = DiffusionPrior.phi_loss
+    monkeypatch.setattr(DiffusionPrior, "phi_loss", lambda self, *a, t=None, **k: (seen.append(t), phi_loss(self, *a, t=t, **k))[1])
+    c = tiny_config(tiny_prior, tmp_path / "run", steps=5, particles=1)
+    c.output.checkpoint_every = c.output.preview_every = 0
+    c.vsd.t_schedule, c.vsd.t_jitter, c.prior.phi_timesteps, c.prior.phi_steps = "decreasing", 10, "schedule", 2
+    generate(c)
+    assert len(seen) == 10 and all(t is not None and t.shape == (2,) for t in seen)
+    centres = [980 - 960 * i / 4 for i in range(5) for _ in range(2)]
+    assert all(((t - centre).abs() <= 10).all() for t, centre in zip(seen, centres)), seen
+    seen.clear()
+    c.prior.phi_timesteps = "uniform"
+    generate(dataclasses.replace(c, output=dataclasses.replace(c.output, out_dir=tmp_path / "run2")))
+    assert len(seen) == 10 and all(t is None for t in seen)
 
 
 def test_end_to_end_two_particles(tiny_prior, tmp_path):

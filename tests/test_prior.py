@@ -403,6 +403,24 @@ def test_phi_on_v_prediction_trains_on_the_velocity(vpred_dir):
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
 
 
+def test_phi_loss_trains_at_the_timesteps_it_is_given(vpred_dir):
+    """--prior.phi-timesteps schedule hands phi_loss the particles' t: it then draws only the noise (and the dropout
+    coin), and the loss is the one at those t."""
+    prior = load(vpred_dir)
+    text = prior.text_embeddings("a red ball")
+    x0, *_ = noisy_batch(prior)
+    cam = torch.randn(2, 16)
+    t = torch.tensor([950, 960])
+    loss = prior.phi_loss(x0, text.plain(2), cam, generator=torch.Generator().manual_seed(7), camera_dropout=0.0, t=t)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7))
+    scheduler = DDPMScheduler.from_pretrained(vpred_dir, subfolder="scheduler")
+    with torch.no_grad():
+        base = fresh_unet(vpred_dir)
+        base.class_embedding = prior.camera_embedding
+        v = base(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=text.plain(2), class_labels=cam).sample
+    torch.testing.assert_close(loss, torch.nn.functional.mse_loss(v, scheduler.get_velocity(x0, noise, t)))
+
+
 def test_camera_changes_eps_phi_and_phi_guidance(pixel_dir):
     prior = load(pixel_dir)
     text = prior.text_embeddings("a red ball")
