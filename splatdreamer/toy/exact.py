@@ -15,7 +15,6 @@ instead of a training run.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -26,7 +25,7 @@ from splatdreamer.cameras import VIEW_LABELS
 from splatdreamer.prior.text import TextEmbeddings
 from splatdreamer.toy.sample import ancestral_sample
 
-Denoiser = Callable[[Tensor, int], Tensor]  # exact_phi's takes [B] timesteps
+Denoiser = Callable[[Tensor, int | Tensor], Tensor]  # one timestep, or [B] of them
 
 
 def posterior_mean(
@@ -48,47 +47,38 @@ def eps_from_x0(x: Tensor, abar: Tensor, x0: Tensor) -> Tensor:
     return (x - abar.sqrt()[:, None] * x0) / (1 - abar).sqrt()[:, None]
 
 
-def exact_eps(images: Tensor, weights: Tensor, alphas_cumprod: Tensor) -> Denoiser:
-    """The exact epsilon-predictor of the mixture of [N, C, H, W] images in [-1, 1] with [N] weights."""
-    flat = images.flatten(1).double()
-    sq = flat.pow(2).sum(1)
-    log_pi = weights.double().log()
+def exact_eps(images: Tensor, weights: Tensor, alphas_cumprod: Tensor, bandwidth: float = 0.0) -> Denoiser:
+    """The exact epsilon-predictor of the mixture of [N, C, H, W] images in [-1, 1] with [N] weights, at one
+    timestep t or at [B] timesteps, one per sample; computed in float64.
 
-    def eps(x: Tensor, t: int) -> Tensor:
-        abar = alphas_cumprod[int(t)].double()
+    bandwidth: sigma > 0 makes each image a Gaussian N(x_i, sigma^2 I) instead of a point, a model that knows the
+    images only up to sigma per pixel, as one that generalises would. Then x_t about sqrt(abar) x_i has variance
+    v = 1 - abar + abar sigma^2 and eps = -sqrt(1 - abar) grad log q_t(x_t)
+    = sqrt(1 - abar) (x_t - sqrt(abar) sum_i w_i x_i) / v.
+    """
+    flat = images.detach().flatten(1).double()
+    sq = flat.pow(2).sum(1)
+    log_pi = weights.to(flat.device).double().log()
+
+    def eps(x: Tensor, t: int | Tensor) -> Tensor:
         xf = x.flatten(1).double()
-        abar = abar.expand(len(xf))
-        return eps_from_x0(xf, abar, posterior_mean(xf, abar, flat, log_pi, sq)).view_as(x).to(x.dtype)
+        abar = alphas_cumprod.to(xf.device).double()[t].expand(len(xf))
+        if bandwidth == 0:
+            return eps_from_x0(xf, abar, posterior_mean(xf, abar, flat, log_pi, sq)).view_as(x).to(x.dtype)
+        v = 1 - abar + abar * bandwidth**2
+        centre = posterior_mean(xf, abar, flat, log_pi, sq, variance=v)
+        out = (1 - abar).sqrt()[:, None] * (xf - abar.sqrt()[:, None] * centre) / v[:, None]
+        return out.view_as(x).to(x.dtype)
 
     return eps
 
 
 def exact_phi(particles: Tensor, alphas_cumprod: Tensor, bandwidth: float = 0.0) -> Denoiser:
     """The exact epsilon of the noised particle distribution, a uniform mixture of the [K, C, h, w] latents
-    `particles`: eps(x_t, t) = (x_t - sqrt(abar_t) E[x0 | x_t]) / sqrt(1 - abar_t), with the posterior mean over
-    the K particles (`posterior_mean`), for [B] timesteps t. It is the minimum-error phi for the current
-    particles (VSD's eps_phi estimates exactly this score of q_t); computed in float64.
-
-    bandwidth: sigma > 0 makes each particle a Gaussian N(x_i, sigma^2 I) instead of a point, a phi that knows
-    the particles only up to sigma per pixel, as a model that generalises would. Then x_t about sqrt(abar) x_i
-    has variance v = 1 - abar + abar sigma^2 and eps = -sqrt(1 - abar) grad log q_t(x_t)
-    = sqrt(1 - abar) (x_t - sqrt(abar) sum_i w_i x_i) / v.
-    """
-    flat = particles.detach().flatten(1).double()
-    log_pi = torch.full((len(flat),), -math.log(len(flat)), dtype=torch.float64, device=flat.device)
-    sq = flat.pow(2).sum(1)
-
-    def eps(x_t: Tensor, t: Tensor) -> Tensor:
-        x = x_t.flatten(1).double()
-        abar = alphas_cumprod.to(x.device).double()[t]
-        if bandwidth == 0:
-            return eps_from_x0(x, abar, posterior_mean(x, abar, flat, log_pi, sq)).view_as(x_t).to(x_t.dtype)
-        v = 1 - abar + abar * bandwidth**2
-        centre = posterior_mean(x, abar, flat, log_pi, sq, variance=v)
-        out = (1 - abar).sqrt()[:, None] * (x - abar.sqrt()[:, None] * centre) / v[:, None]
-        return out.view_as(x_t).to(x_t.dtype)
-
-    return eps
+    `particles` (`exact_eps` with equal weights, `bandwidth` as there): eps(x_t, t) = (x_t - sqrt(abar_t)
+    E[x0 | x_t]) / sqrt(1 - abar_t) for [B] timesteps t. It is the minimum-error phi for the current particles
+    (VSD's eps_phi estimates exactly this score of q_t)."""
+    return exact_eps(particles, torch.ones(len(particles)), alphas_cumprod, bandwidth)
 
 
 def guided_samples(
@@ -142,10 +132,7 @@ class ExactPrior:
         self.num_train_timesteps = len(alphas_cumprod)
         self._phi_anchor = torch.nn.Parameter(torch.zeros(()))  # for phi's optimiser; it never moves
         self._memory: Tensor | None = None
-        self._sets = []
-        for images, weights in sets.values():
-            flat = (images * 2 - 1).flatten(1).double()
-            self._sets.append((flat, flat.pow(2).sum(1), (weights.double() / weights.sum()).log()))
+        self._denoisers = [exact_eps(images * 2 - 1, weights, self.alphas_cumprod) for images, weights in sets.values()]
 
     def text_embeddings(self, prompt: str, negative_prompt: str = "") -> TextEmbeddings:
         """The prompt and negative prompt as set indices, shaped as text states [1, 1, 1]."""
@@ -173,17 +160,12 @@ class ExactPrior:
 
     def _eps(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
         """[B, 3, H, W] exact epsilon of each sample under its own prompt's set (text [B, 1, 1] indices)."""
-        out = torch.empty_like(x_t, dtype=torch.float64)
-        x = x_t.flatten(1).double()
-        abar = self.alphas_cumprod.double()[t]
+        out = torch.empty_like(x_t)
         which = text.reshape(len(x_t), -1)[:, 0].long()
         for i in which.unique().tolist():
             rows = which == i
-            flat, sq, log_pi = self._sets[i]
-            out[rows] = eps_from_x0(x[rows], abar[rows], posterior_mean(x[rows], abar[rows], flat, log_pi, sq)).view(
-                -1, *x_t.shape[1:]
-            )
-        return out.to(x_t.dtype)
+            out[rows] = self._denoisers[i](x_t[rows], t[rows])
+        return out
 
     @torch.no_grad()
     def eps_pretrained(
