@@ -43,7 +43,7 @@ from splatdreamer.render import render
 from splatdreamer.toy import measure
 from splatdreamer.toy.data import render_views
 from splatdreamer.toy.evaluate import score_particle
-from splatdreamer.toy.exact import ExactPrior, exact_eps, guided_samples
+from splatdreamer.toy.exact import ExactPrior, camera_phi, exact_eps, guided_samples
 from splatdreamer.toy.image_sampler import ImageRunConfig, classify_colors, distill_images
 from splatdreamer.toy.objects import BALL_COLORS, PALETTE, ball_surface, gaussians, variants
 
@@ -112,7 +112,8 @@ def spread(hues: list[float]) -> dict:
 
 def run_3d(args: argparse.Namespace, alphas_cumprod: torch.Tensor) -> list[dict]:
     """The toy preset's generation against the exact prior of each world's balls from `args.views` cameras of
-    generation's range: SDS, and VSD with the memorising phi (the exact score of the last step's renders)."""
+    generation's range: SDS, and VSD with an exact phi: `memory`, the exact score of the last step's renders
+    over all cameras, or `camera`, the exact score of all particles rendered from each sample's camera."""
     alpha = ball_coverage(sample(args.views, DEFAULT_RANGES, 32, 32, torch.Generator().manual_seed(2)))
     results = []
     for world in args.worlds:
@@ -131,10 +132,14 @@ def run_3d(args: argparse.Namespace, alphas_cumprod: torch.Tensor) -> list[dict]
                         )
                         start = time.perf_counter()
                         with tempfile.TemporaryDirectory() as run_dir:
-                            run = Generation(config, Path(run_dir), prior=exact_prior(world, alpha, alphas_cumprod)[0])
+                            prior = exact_prior(world, alpha, alphas_cumprod)[0]
+                            run = Generation(config, Path(run_dir), prior=prior)
+                            if args.phi == "camera":
+                                prior.phi_renders = camera_phi(run)
                             for _ in range(config.steps):
                                 run.train_step()
                         row = {"space": "3d", "world": world, "cfg": cfg, "method": mode, "init": init, "seed": seed}
+                        row |= {"t_schedule": args.t_schedule, "phi": args.phi if mode == "vsd" else "-"}
                         if world == "four":
                             scores = [score_particle(p, "a ball", 64) for p in run.particles]
                             names = [variants("a ball")[s.variant].name if s.pure else "impure" for s in scores]
@@ -163,6 +168,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01, help="Adam's rate on the pixels")
     ap.add_argument("--inits", nargs="+", default=["grey", "colors"])
     ap.add_argument("--space", choices=("image", "3d"), default="image", help="3d: the toy preset's loop on 'a ball'")
+    ap.add_argument("--phi", choices=("memory", "camera"), default="memory",
+                    help="3d: VSD's exact phi, of the last step's renders (memory) or of all particles from each camera")
     ap.add_argument("--views", type=int, default=32, help="3d: cameras per ball in the exact prior's image set")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and the particles' images")
     args = ap.parse_args()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from splatdreamer import cameras as cams
@@ -308,6 +309,10 @@ class Generation:
         )
         self.step = 0
         self.checkpoint_step: int | None = None  # the step of the checkpoint in run_dir, if one was saved or loaded
+        # The last step's cameras and backgrounds, particle-major as the batch (for tools that look inside a
+        # step, e.g. the camera-aware exact phi of `toy.exact.camera_phi`).
+        self.last_cameras: cams.Cameras | None = None
+        self.last_backgrounds: Tensor | None = None
 
     # ---------------------------------------------------------------- one step
     def train_step(self, timer: Timer = NO_TIMER) -> Progress:
@@ -319,7 +324,7 @@ class Generation:
         """
         cfg = self.config
         views = cfg.vsd.views_per_particle
-        renders, cameras = [], []
+        renders, cameras, backgrounds = [], [], []
         with timer.part("render"):
             for particle, opt in zip(self.particles, self.optimizers):
                 cam = cams.sample(views, cfg.cameras.ranges(), self.resolution, self.resolution, self.gen_cpu)
@@ -335,8 +340,10 @@ class Generation:
                 opt.pre_backward(self.step, out.info)
                 renders.append(out)
                 cameras.append(cam)
+                backgrounds.append(bg)
             images = torch.cat([r.rgb for r in renders])  # [K*V, 3, H, W], particles x views in one batch
         all_cams = cams.Cameras.cat(cameras).to(self.device)
+        self.last_cameras, self.last_backgrounds = all_cams, torch.cat(backgrounds)
         batch = images.shape[0]
         labels = all_cams.view_labels() if cfg.vsd.view_dependent_prompts else None
         camera = all_cams.condition()

@@ -100,6 +100,33 @@ def guided_samples(
     return ancestral_sample(guided_eps, scheduler, shape, num_steps, generator)
 
 
+def camera_phi(run) -> Callable[[Tensor], Tensor]:
+    """`ExactPrior.phi_renders` for a `generate.Generation`: all of `run`'s particles rendered as its step renders
+    them (same rasterizer, same background) from the camera of each sample, found in the step's cameras
+    (`run.last_cameras`) by its condition, the flattened camera-to-world matrix; the field of view is not in
+    the condition."""
+    from splatdreamer.render import render
+
+    def renders(condition: Tensor) -> Tensor:
+        cams, backgrounds = run.last_cameras, run.last_backgrounds
+        known = cams.condition()
+        views = []
+        with torch.no_grad():
+            for c in condition:
+                d = (known - c.to(known)).abs().amax(1)
+                i = int(d.argmin())
+                if float(d[i]) > 1e-5:
+                    raise LookupError("camera_phi was given a camera condition that the step did not draw")
+                cam, bg = cams[i], backgrounds[i : i + 1]
+                mode, packed = run.config.splats.rasterize_mode, run.config.splats.packed
+                views.append(torch.cat([
+                    render(p, cam, bg, backend=run.backend, rasterize_mode=mode, packed=packed).rgb for p in run.particles
+                ]))  # fmt: skip
+        return torch.stack(views)
+
+    return renders
+
+
 class ExactPrior:
     """Exact denoisers of weighted image sets in the place of a trained prior, for the 2D sampler and the 3D loop.
 
@@ -115,7 +142,14 @@ class ExactPrior:
     LoRA is; before the first `phi_loss`, phi is the pretrained model at CFG 1, as a fresh LoRA is. The camera
     does not enter: phi is the score of the renders over all cameras, which is phi's own score for objects
     that look alike from every side (the toy balls).
+
+    `phi_renders` makes phi exact and camera-aware instead: a function from the [B, 16] camera conditions of a
+    batch to [B, K, 3, H, W] renders in [0, 1] of all K particles, each from that sample's camera. `eps_phi` is
+    then, for each sample, the exact score of the K particles seen from its camera, now: the camera-conditioned
+    score of q_t that VSD's eps_phi estimates, with no fitting error and no delay.
     """
+
+    phi_renders: Callable[[Tensor], Tensor] | None = None
 
     camera_dim = 16
 
@@ -178,7 +212,14 @@ class ExactPrior:
         return eps_u + cfg_scale * (eps_c - eps_u)
 
     def eps_phi(self, x_t: Tensor, t: Tensor, text_cond: Tensor, camera: Tensor, cfg_scale: float = 1.0) -> Tensor:
-        """The exact score of the renders `phi_loss` last stored; the pretrained model's at CFG 1 before any."""
+        """The exact score of the particles from each sample's camera (`phi_renders`), or of the renders
+        `phi_loss` last stored; the pretrained model's at CFG 1 before any."""
+        if self.phi_renders is not None:
+            views = self.phi_renders(camera) * 2.0 - 1.0  # [B, K, 3, H, W]
+            out = torch.empty_like(x_t)
+            for i in range(len(x_t)):
+                out[i : i + 1] = exact_phi(views[i], self.alphas_cumprod)(x_t[i : i + 1], t[i : i + 1])
+            return out
         if self._memory is None:
             return self.eps_pretrained(x_t, t, text_cond, text_cond, 1.0)
         return exact_phi(self._memory, self.alphas_cumprod)(x_t, t)
