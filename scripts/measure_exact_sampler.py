@@ -43,7 +43,8 @@ from splatdreamer.render import render
 from splatdreamer.toy import measure
 from splatdreamer.toy.data import render_views
 from splatdreamer.toy.evaluate import score_particle
-from splatdreamer.toy.exact import ExactPrior, camera_phi, exact_eps, guided_samples
+from splatdreamer.prior import DiffusionPrior
+from splatdreamer.toy.exact import ExactPrior, WithExactPhi, camera_phi, exact_eps, guided_samples
 from splatdreamer.toy.image_sampler import ImageRunConfig, classify_colors, distill_images
 from splatdreamer.toy.objects import BALL_COLORS, PALETTE, ball_surface, gaussians, variants
 
@@ -119,7 +120,7 @@ def run_3d(args: argparse.Namespace, alphas_cumprod: torch.Tensor) -> list[dict]
     for world in args.worlds:
         for cfg in args.cfgs:
             for init in args.inits:
-                for mode in ("sds", "vsd"):
+                for mode in args.modes:
                     for seed in args.seeds:
                         config = presets.toy()
                         config.prompt, config.seed, config.steps = world, seed, args.steps
@@ -131,15 +132,19 @@ def run_3d(args: argparse.Namespace, alphas_cumprod: torch.Tensor) -> list[dict]
                             config.splats, init_color="random" if init == "colors" else "grey"
                         )
                         start = time.perf_counter()
-                        with tempfile.TemporaryDirectory() as run_dir:
+                        if args.prior == "trained":
+                            config.prompt = "a ball"
+                            prior = WithExactPhi(DiffusionPrior.from_pretrained(resolve_prior_name("toy")))
+                        else:
                             prior = exact_prior(world, alpha, alphas_cumprod)[0]
+                        with tempfile.TemporaryDirectory() as run_dir:
                             run = Generation(config, Path(run_dir), prior=prior)
                             if args.phi == "camera":
                                 prior.phi_renders = camera_phi(run)
                             for _ in range(config.steps):
                                 run.train_step()
                         row = {"space": "3d", "world": world, "cfg": cfg, "method": mode, "init": init, "seed": seed}
-                        row |= {"t_schedule": args.t_schedule, "phi": args.phi if mode == "vsd" else "-"}
+                        row |= {"prior": args.prior, "t_schedule": args.t_schedule, "phi": args.phi if mode == "vsd" else "-"}
                         if world == "four":
                             scores = [score_particle(p, "a ball", 64) for p in run.particles]
                             names = [variants("a ball")[s.variant].name if s.pure else "impure" for s in scores]
@@ -168,11 +173,17 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01, help="Adam's rate on the pixels")
     ap.add_argument("--inits", nargs="+", default=["grey", "colors"])
     ap.add_argument("--space", choices=("image", "3d"), default="image", help="3d: the toy preset's loop on 'a ball'")
+    ap.add_argument("--modes", nargs="+", choices=("sds", "vsd"), default=["sds", "vsd"], help="3d: the methods to run")
+    ap.add_argument("--prior", choices=("exact", "trained"), default="exact",
+                    help="3d: the exact prior of the world, or the shipped toy prior on 'a ball' (scored as the four world) "
+                    "with the camera-aware exact phi (--phi camera)")
     ap.add_argument("--phi", choices=("memory", "camera"), default="memory",
                     help="3d: VSD's exact phi, of the last step's renders (memory) or of all particles from each camera")
     ap.add_argument("--views", type=int, default=32, help="3d: cameras per ball in the exact prior's image set")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and the particles' images")
     args = ap.parse_args()
+    if args.prior == "trained" and (args.space != "3d" or args.phi != "camera" or args.worlds != ["four"]):
+        ap.error("--prior trained runs with --space 3d --phi camera --worlds four ('a ball' is scored as the four world)")
     torch.manual_seed(0)
     scheduler = DDPMScheduler.from_pretrained(resolve_prior_name("toy"), subfolder="scheduler")
     if args.space == "3d":

@@ -802,19 +802,24 @@ def test_exact_prior_runs_the_generation_loop_and_its_phi_memorises_the_renders(
     assert color[0] > color[1] + 0.3 and color[0] > color[2] + 0.3, color  # red, from grey
 
 
-def test_camera_aware_exact_phi_of_one_particle_is_sds(tmp_path):
+@pytest.mark.parametrize("pretrained", ["exact", "shipped"])
+def test_camera_aware_exact_phi_of_one_particle_is_sds(tmp_path, pretrained):
     """With `camera_phi`, phi is the exact score of every particle seen from each sample's camera. One particle
-    seen from its own camera is a single point, whose exact eps is the drawn noise: VSD then moves the particle
-    as SDS does: the same loss at every step (both at CFG 7.5). Two views per particle: a phi that renders each
-    sample from the other view's camera moves it otherwise."""
+    seen from its own camera is a point, whose exact eps is the drawn noise: VSD then moves the particle
+    as SDS does: the same loss at every step (both at CFG 7.5), against the exact prior (`ExactPrior.phi_renders`)
+    and against the shipped one (`WithExactPhi`). Two views per particle: a phi that renders each sample from the
+    other view's camera moves it otherwise."""
     from splatdreamer import presets
     from splatdreamer.generate import Generation
-    from splatdreamer.toy.exact import camera_phi
+    from splatdreamer.prior import DiffusionPrior
+    from splatdreamer.toy.exact import WithExactPhi, camera_phi
 
     torch.set_num_threads(1)
     runs = {}
     for mode in ("sds", "vsd", "vsd-swapped"):
-        prior, _ = _exact_ball_prior(["red", "blue"], views=2)
+        prior = _exact_ball_prior(["red", "blue"], views=2)[0] if pretrained == "exact" else WithExactPhi(
+            DiffusionPrior.from_pretrained(SHIPPED)
+        )
         config = presets.toy()
         config.prompt, config.steps, config.particles = "a ball", 3, 1
         config.vsd = dataclasses.replace(config.vsd, mode=mode[:3], views_per_particle=2, cfg_scale=7.5)
@@ -824,8 +829,8 @@ def test_camera_aware_exact_phi_of_one_particle_is_sds(tmp_path):
             prior.phi_renders = lambda condition, phi=camera_phi(run): phi(condition.flip(0))
         runs[mode] = torch.tensor([run.train_step().loss_vsd for _ in range(config.steps)])
         assert run.last_cameras is not None and len(run.last_cameras) == 2
-    assert torch.allclose(runs["vsd"], runs["sds"], rtol=1e-5), runs  # 1130, 90.6, 93.7
-    assert not torch.allclose(runs["vsd-swapped"], runs["sds"], rtol=1e-2), runs  # 1106, 92.5, 93.9
+    assert torch.allclose(runs["vsd"], runs["sds"], rtol=1e-5), runs  # exact: 1130, 90.6, 93.7
+    assert not torch.allclose(runs["vsd-swapped"], runs["sds"], rtol=1e-2), runs  # exact: 1106, 92.5, 93.9
 
 
 def test_vsd_with_the_exact_phi_of_one_particle_is_sds():

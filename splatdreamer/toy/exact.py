@@ -100,6 +100,50 @@ def guided_samples(
     return ancestral_sample(guided_eps, scheduler, shape, num_steps, generator)
 
 
+def exact_phi_per_sample(views: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """[B, C, h, w] eps of each noisy sample x_t[i] at t[i] under the uniform mixture of its own K latents
+    views[i] ([B, K, C, h, w]): the exact phi of the particles as seen from each sample's camera."""
+    out = torch.empty_like(x_t)
+    for i in range(len(x_t)):
+        out[i : i + 1] = exact_phi(views[i], alphas_cumprod)(x_t[i : i + 1], t[i : i + 1])
+    return out
+
+
+class WithExactPhi:
+    """A prior whose phi is replaced by the exact, camera-aware score of the particles (`phi_renders`, as
+    `ExactPrior.phi_renders`; set it with `camera_phi` once the run exists); everything else, eps_pretrained
+    first, is the wrapped prior's. phi then has no fitting error and no delay, so a run with it tells what the
+    LoRA phi costs from what the prior does. The renders are encoded as the loop encodes its own."""
+
+    def __init__(self, prior) -> None:
+        self.prior = prior
+        self.phi_renders: Callable[[Tensor], Tensor] | None = None
+        self._phi_anchor = torch.nn.Parameter(torch.zeros((), device=prior.device))  # for phi's optimiser
+
+    def __getattr__(self, name: str):
+        return getattr(self.prior, name)
+
+    def eps_phi(self, x_t: Tensor, t: Tensor, text_cond: Tensor, camera: Tensor, cfg_scale: float = 1.0) -> Tensor:
+        if self.phi_renders is None:
+            raise RuntimeError("WithExactPhi needs phi_renders (toy.exact.camera_phi of the run)")
+        views = self.phi_renders(camera)  # [B, K, 3, H, W]
+        with torch.no_grad():
+            latents = self.prior.encode_images(views.flatten(0, 1))
+        return exact_phi_per_sample(latents.view(*views.shape[:2], *latents.shape[1:]), x_t, t, self.prior.alphas_cumprod)
+
+    def phi_loss(self, x0: Tensor, *args, **kwargs) -> Tensor:
+        return self._phi_anchor * 0.0  # nothing to fit
+
+    def phi_parameters(self) -> list[torch.nn.Parameter]:
+        return [self._phi_anchor]
+
+    def phi_state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_phi_state_dict(self, state: dict[str, Tensor]) -> None:
+        pass
+
+
 def camera_phi(run) -> Callable[[Tensor], Tensor]:
     """`ExactPrior.phi_renders` for a `generate.Generation`: all of `run`'s particles rendered as its step renders
     them (same rasterizer, same background) from the camera of each sample, found in the step's cameras
@@ -215,11 +259,7 @@ class ExactPrior:
         """The exact score of the particles from each sample's camera (`phi_renders`), or of the renders
         `phi_loss` last stored; the pretrained model's at CFG 1 before any."""
         if self.phi_renders is not None:
-            views = self.phi_renders(camera) * 2.0 - 1.0  # [B, K, 3, H, W]
-            out = torch.empty_like(x_t)
-            for i in range(len(x_t)):
-                out[i : i + 1] = exact_phi(views[i], self.alphas_cumprod)(x_t[i : i + 1], t[i : i + 1])
-            return out
+            return exact_phi_per_sample(self.phi_renders(camera) * 2.0 - 1.0, x_t, t, self.alphas_cumprod)
         if self._memory is None:
             return self.eps_pretrained(x_t, t, text_cond, text_cond, 1.0)
         return exact_phi(self._memory, self.alphas_cumprod)(x_t, t)
