@@ -139,6 +139,17 @@ def _starting_config(args: list[str]) -> tuple[GenerateConfig, tuple[str, str] |
     return PRESETS[value](), given[0]
 
 
+def _typed_fields(args: list[str]) -> set[str]:
+    """The dotted names of the flags typed on the line: --seed is "seed", --vsd.cfg-scale=3 "vsd.cfg_scale",
+    --output.no-overwrite "output.overwrite" (tyro has checked them; the non-config ones are never looked up)."""
+    typed = set()
+    for arg in args:
+        if arg.startswith("--"):
+            head, dot, last = arg[2:].partition("=")[0].replace("-", "_").rpartition(".")
+            typed.add(head + dot + last.removeprefix("no_"))
+    return typed
+
+
 def cmd_generate(args: list[str]) -> None:
     from splatdreamer.generate import generate
 
@@ -161,15 +172,15 @@ def cmd_generate(args: list[str]) -> None:
     config = cmd.run
     if config.resume is not None and started_from is not None:
         raise ConfigError("--resume continues a run with its own config.json; drop --preset / --config")
-    steps_given = "--steps" in typed  # a resumed run takes it even where it equals the default
+    given = _typed_fields(args)  # a resumed run compares them with its config.json even where they equal the default
     if not cmd.live.viewer:
-        generate(config, steps_given=steps_given)
+        generate(config, given=given)
         return
     from splatdreamer.viewer import LiveViewer
 
     live = LiveViewer(port=cmd.live.viewer_port, every=cmd.live.viewer_every)
     try:
-        generate(config, callback=live, steps_given=steps_given)
+        generate(config, callback=live, given=given)
         live.finish()
     except BaseException:
         live.close()

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 from torch import Tensor
@@ -141,11 +141,11 @@ class _RunFolder:
                 break
 
 
-def _open_run_folder(config: GenerateConfig, steps_given: bool) -> _RunFolder:
+def _open_run_folder(config: GenerateConfig, given: Collection[str]) -> _RunFolder:
     """Check the config and the folder, then lock it; nothing is deleted or written but the lock (and the
     folders leading to it). Raises `ConfigError` / `RunFolderError` naming the problem."""
     if config.resume is not None:
-        return _open_resumed(config, steps_given)
+        return _open_resumed(config, given)
     config.validate()
     run_dir = Path(config.output.out_dir or Path("runs") / prompt_slug(config.prompt))
     try:
@@ -179,25 +179,29 @@ def _open_run_folder(config: GenerateConfig, steps_given: bool) -> _RunFolder:
     return _RunFolder(saved, run_dir, lock, created, replace=bool(entries), notes=[])
 
 
-def _open_resumed(config: GenerateConfig, steps_given: bool) -> _RunFolder:
+def _open_resumed(config: GenerateConfig, given: Collection[str]) -> _RunFolder:
     check_fields(config)
     run_dir = Path(config.resume)
-    ignored = [n for n in changed_fields(config, GenerateConfig(resume=config.resume)) if n not in RESUME_FLAGS]
-    if ignored:
-        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
-        raise ConfigError(
-            f"--resume continues a run with its own {CONFIG}, so {flags} would be ignored; drop them (only --steps "
-            f"may change: the run's new length, at least the steps done), or start a new run from it with --config "
-            f"{run_dir / CONFIG} {flags}"
-        )
     if not (run_dir / CONFIG).is_file():
         raise ConfigError(f"--resume {run_dir}: no {CONFIG} there; give the folder of an earlier run")
     lock = RunLock(run_dir)
     lock.acquire()
     try:
         saved = load_json(run_dir / CONFIG)
+        chosen = {*given, *changed_fields(config, GenerateConfig())}  # a config cannot tell a default from unset
+        differ = [n for n in changed_fields(config, saved) if n in chosen]
+        ignored = [n for n in differ if n not in RESUME_FLAGS]
+        if ignored:
+            shown = ", ".join(f"--{n.replace('_', '-')} {get_field(config, n)!r} (the run has {get_field(saved, n)!r})"
+                              for n in ignored)  # fmt: skip
+            one = len(ignored) == 1
+            raise ConfigError(
+                f"--resume continues a run with its own {CONFIG}, so {shown} would be ignored; drop "
+                f"{'it' if one else 'them'} (only --steps may change: the run's new length, at least the steps done), "
+                f"or start a new run from it with --config {run_dir / CONFIG} and {'that flag' if one else 'those flags'}"
+            )
         notes = []
-        if (steps_given or config.steps != GenerateConfig().steps) and config.steps != saved.steps:
+        if "steps" in differ:
             notes.append(f"--steps {config.steps} applied to the resumed run: it now ends at step {config.steps} "
                          f"instead of {saved.steps}")  # fmt: skip
             saved.steps = config.steps
@@ -624,12 +628,14 @@ def _interrupt_between_steps():
 
 
 def generate(
-    config: GenerateConfig, callback: Callable[[Progress], None] | None = None, *, steps_given: bool = False
+    config: GenerateConfig, callback: Callable[[Progress], None] | None = None, *, given: Collection[str] = ()
 ) -> Result:
     """Run a generation (or continue one, with `config.resume`) and write its files.
 
-    A resumed run keeps its own length unless `config.steps` differs from GenerateConfig's default, or
-    `steps_given` says it was set on purpose (the CLI's typed --steps): a config cannot tell 2000 from unset.
+    A resumed run takes its settings from its own config.json. The fields set in `config` (those other than
+    GenerateConfig's defaults, and those `given` names: dotted names such as "seed" or "vsd.cfg_scale", the
+    CLI's typed flags, since a config cannot tell `--seed 0` from unset) must repeat the run's values, except
+    `steps`, which sets the run's new length; any other is refused with a `ConfigError` naming it.
 
     Returns the particles and the paths of everything written. `callback` is called after every step
     with a `Progress` (its `particles` are the run's own: `viewer.LiveViewer` shows them in a browser). Ctrl-C saves a checkpoint before re-raising, so `--resume` can continue the run;
@@ -644,7 +650,7 @@ def generate(
                           "GenerateConfig(prompt=...) or start from a preset, e.g. splatdreamer.presets.toy()")  # fmt: skip
     if callback is not None and not callable(callback):
         raise ConfigError(f"callback must be a function of one Progress, got {type(callback).__name__}")
-    folder = _open_run_folder(config, steps_given)
+    folder = _open_run_folder(config, given)
     try:
         return _run(folder, callback)
     finally:

@@ -572,10 +572,11 @@ def test_resume_refuses_flags_it_would_ignore_and_applies_more_steps(finished_ru
     run_dir = copy_run(finished_run, tmp_path)
     before = files_of(run_dir)
     assert main(["generate", "--resume", str(run_dir), "--steps", "6", "--prompt", "a blue cube", "--seed", "5"]) == 2
-    assert "--prompt, --seed would be ignored" in capsys.readouterr().err
+    assert ("--prompt 'a blue cube' (the run has 'a red ball'), --seed 5 (the run has 3) would be ignored; drop them"
+            in capsys.readouterr().err)  # fmt: skip
     assert main(["generate", "--preset", "toy", "--resume", str(run_dir)]) == 2
     assert "drop --preset / --config" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="--prompt would be ignored"):
+    with pytest.raises(ConfigError, match=r"--prompt 'a blue cube' \(the run has 'a red ball'\) would be ignored"):
         generate(GenerateConfig(resume=run_dir, prompt="a blue cube"))
     assert main(["generate", "--resume", str(run_dir), "--steps", "3"]) == 2
     assert "--steps 3 is fewer than the 4 steps the checkpoint has done" in capsys.readouterr().err
@@ -620,6 +621,24 @@ def test_resume_applies_a_typed_steps_that_equals_the_default(finished_run, tmp_
     assert "--steps 2000 applied to the resumed run: it now ends at step 2000 instead of 4" in capsys.readouterr().out
     assert json.loads((run_dir / "config.json").read_text())["steps"] == 2000
     assert metric_steps(run_dir) == [1, 2, 3, 4, 5]
+
+
+def test_resume_refuses_a_typed_default_that_differs_from_the_run(finished_run, tmp_path, capsys):
+    """Found by a hostile-input pass: `--resume RUN --seed 0` continued a run of seed 3 at seed 3 without a word,
+    since 0 is GenerateConfig's default and read as not given (only --steps was told apart). A typed flag that
+    repeats the run's value is no conflict, whether or not it is the default."""
+    run_dir = copy_run(finished_run, tmp_path)
+    before = files_of(run_dir)
+    assert GenerateConfig().seed == 0 and GenerateConfig().vsd.views_per_particle == 1
+    assert main(["generate", "--resume", str(run_dir), "--seed", "0"]) == 2
+    assert (f"--resume continues a run with its own config.json, so --seed 0 (the run has 3) would be ignored; drop "
+            "it (only --steps may change: the run's new length, at least the steps done), or start a new run from it "
+            f"with --config {run_dir / 'config.json'} and that flag") in capsys.readouterr().err  # fmt: skip
+    assert main(["generate", "--resume", str(run_dir), "--vsd.views_per_particle=1", "--output.no-overwrite"]) == 2
+    assert "so --vsd.views-per-particle 1 (the run has 2) would be ignored; drop it" in capsys.readouterr().err
+    assert files_of(run_dir) == before and not (run_dir / LOCK).exists()
+    assert main(["generate", "--resume", str(run_dir), "--seed", "3", "--prompt", "a red ball", "--particles", "1"]) == 0
+    assert metric_steps(run_dir) == [1, 2, 3, 4]
 
 
 def test_nan_before_any_checkpoint_says_so(tiny_prior, tmp_path):
