@@ -41,8 +41,9 @@ class RenderCommand:
 
     file: tyro.conf.Positional[Path]
     """The .ply to render (the standard 3DGS layout)."""
-    out: Path | None = None
-    """Output stem; None = next to the file (FILE.png, FILE.gif)."""
+    out: Annotated[str | None, tyro.conf.arg(metavar="PATH")] = None
+    """Output stem (views/scene writes views/scene.png and views/scene.gif), or a folder to write FILE.png and
+    FILE.gif into: an existing one, or a path ending in / (made if missing); None = next to the file."""
     size: int = 256
     """Image size in pixels."""
     frames: int = 36
@@ -288,15 +289,17 @@ def cmd_render(args: list[str]) -> None:
     cmd = tyro.cli(RenderCommand, args=args, prog="splatdreamer render")
     check_fields(cmd, RENDER_BOUNDS)  # before anything is read or written
     device = resolve_device(cmd.device)
-    if cmd.out is not None and (cmd.out.name in ("", ".", "..") or cmd.out.is_dir()):
-        raise ConfigError(
-            f"--out {cmd.out} is a folder; --out is a file stem, e.g. {cmd.out / 'turntable'} writes "
-            f"{cmd.out / 'turntable.png'} and {cmd.out / 'turntable.gif'}"
-        )
+    if cmd.out is not None and not cmd.out.strip():
+        raise ConfigError("--out is blank; give a file stem (--out views/scene writes views/scene.png and .gif), a "
+                          "folder (--out views/), or leave it out to write next to the file")  # fmt: skip
     splats = load_ply(cmd.file, requires_grad=False).to(device)
     if len(splats["means"]) == 0:
         raise ConfigError(f"{cmd.file} holds no Gaussians (its vertex count is 0); there is nothing to render")
-    stem = cmd.out or cmd.file.with_suffix("")
+    stem = cmd.file.with_suffix("")
+    if cmd.out is not None:
+        # Path() drops a trailing /, so a folder is told from a stem on the string
+        folder = cmd.out.endswith(("/", os.sep)) or Path(cmd.out).is_dir()
+        stem = Path(cmd.out) / stem.name if folder else Path(cmd.out)
     if stem.suffix.lower() in (".png", ".gif"):
         stem = stem.with_suffix("")  # --out x.png: x.png and x.gif, not x.png.png
     backend = resolve_backend(cmd.backend, device)

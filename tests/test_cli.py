@@ -206,10 +206,29 @@ def test_outputs_that_cannot_be_written_are_one_clear_error(red_ball, tmp_path, 
     assert f"cannot write {blocked / 'out.splat'}: {blocked} is a file, not a folder" in capsys.readouterr().err
     assert main(["render", str(red_ball), "--out", str(blocked / "x"), "--frames", "2", "--size", "16"]) == 2
     assert f"cannot write {blocked / 'x'}: {blocked} is a file, not a folder" in capsys.readouterr().err
-    monkeypatch.chdir(tmp_path)
-    assert main(["render", str(red_ball), "--out", ".", "--frames", "2", "--size", "16"]) == 2
-    assert "--out . is a folder; --out is a file stem" in capsys.readouterr().err
+    assert main(["render", str(red_ball), "--out", f"{blocked}/", "--frames", "2", "--size", "16"]) == 2
+    assert f"cannot write {blocked / 'ball'}: {blocked} is a file, not a folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_render_out_may_name_a_folder_to_write_into(red_ball, tmp_path, capsys, monkeypatch):
+    """Found by a hostile-input pass: `render --out views/` wrote views.png and views.gif beside the folder it
+    named (Path() drops the /), and an existing folder, `--out .` included, was refused. A folder, existing or
+    ending in /, now takes FILE.png and FILE.gif; a blank --out is refused."""
+    args = ["render", str(red_ball), "--frames", "2", "--size", "16", "--device", "cpu"]
+    assert main([*args, "--out", f"{tmp_path / 'views'}/"]) == 0
+    assert f"wrote {tmp_path / 'views' / 'ball.png'} and {tmp_path / 'views' / 'ball.gif'}" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["ball.gif", "ball.png", "views"]
+    (tmp_path / "sheets").mkdir()
+    assert main([*args, "--out", str(tmp_path / "sheets")]) == 0
+    assert sorted(p.name for p in (tmp_path / "sheets").iterdir()) == ["ball.gif", "ball.png"]
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--out", "."]) == 0
+    assert "wrote ball.png and ball.gif" in capsys.readouterr().out and (tmp_path / "ball.png").is_file()
+    for blank in ("", " "):
+        assert main([*args, "--out", blank]) == 2
+        assert "--out is blank; give a file stem (--out views/scene writes views/scene.png and .gif), a folder " in (
+            capsys.readouterr().err)  # fmt: skip
 
 
 def test_version(capsys):
