@@ -140,6 +140,15 @@ def _starting_config(args: list[str]) -> tuple[GenerateConfig, tuple[str, str] |
     return PRESETS[value](), given[0]
 
 
+def _refuse_blank_folder(args: list[str], flag: str, fix: str) -> None:
+    """Refuse `FLAG ""` (an unset variable in `FLAG "$OUT"`): Path("") is ".", the current folder, where a run
+    would write its files (or, with --output.overwrite, delete an earlier run's)."""
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name.replace("_", "-") == flag and (eq or i + 1 < len(args)) and not (value if eq else args[i + 1]).strip():
+            raise ConfigError(f"{flag} is blank, which would be the current folder; {fix}")
+
+
 def _typed_fields(args: list[str]) -> set[str]:
     """The dotted names of the flags typed on the line: --seed is "seed", --vsd.cfg-scale=3 "vsd.cfg_scale",
     --output.no-overwrite "output.overwrite" (tyro has checked them; the non-config ones are never looked up)."""
@@ -154,6 +163,8 @@ def _typed_fields(args: list[str]) -> set[str]:
 def cmd_generate(args: list[str]) -> None:
     from splatdreamer.generate import generate
 
+    _refuse_blank_folder(args, "--output.out-dir", "give a folder, e.g. --output.out-dir runs/a_red_ball, or leave "
+                         "it out for runs/<prompt>")  # fmt: skip
     base, started_from = _starting_config(args)
     typed = {a.partition("=")[0] for a in args}
     if not base.prompt and "--resume" not in typed:
@@ -239,6 +250,7 @@ def cmd_batch(args: list[str]) -> int:
         name = arg.partition("=")[0]
         if name in BATCH_REPLACES:
             raise ConfigError(f"{name} names one run; a batch takes {BATCH_REPLACES[name]} instead")
+    _refuse_blank_folder(args, "--out-dir", "give a folder, e.g. --out-dir batches/first")
     base, started_from = _starting_config(args)
     description = (
         "Many generations as Ray tasks: every prompt of --prompts-file at every seed, each into its own "

@@ -172,6 +172,8 @@ def test_unknown_flag_exits_2_naming_it(tmp_path, capsys):
     [
         (["--seed", "3"], "--seed names one run; a batch takes --seeds instead"),
         (["--output.out-dir", "x"], "--output.out-dir names one run; a batch takes --out-dir instead"),
+        (["--out-dir", ""], "--out-dir is blank, which would be the current folder; give a folder, e.g. --out-dir "
+                            "batches/first"),  # fmt: skip
         (["--steps", "0"], "--steps must be positive, got 0"),
         (["--seeds", "-1"], "--seeds must be whole numbers in [0, 9223372036854775806], got -1"),
         (["--cpus-per-run", "0"], "--cpus-per-run must be positive, got 0"),

@@ -544,6 +544,19 @@ def test_a_bad_checkpoint_exits_2_naming_it_and_runs_nothing(finished_run, tmp_p
     assert not (run_dir / LOCK).exists()
 
 
+def test_a_blank_out_dir_is_refused_before_anything_is_written(tiny_prior, tmp_path, capsys, monkeypatch):
+    """Found by a hostile-input pass: `--output.out-dir ""` (an unset $OUT) is Path(""), the current folder: the run
+    wrote its files there (and with --output.overwrite in an earlier run's folder would have deleted that run)."""
+    save_json(small_config(tiny_prior, None, steps=1), tmp_path / "c.json")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for flags in (["--output.out-dir", ""], ["--output.out_dir= "]):
+        assert main(["generate", "--config", str(tmp_path / "c.json"), *flags]) == 2
+        assert ("splatdreamer: error: --output.out-dir is blank, which would be the current folder; give a folder, "
+                "e.g. --output.out-dir runs/a_red_ball, or leave it out for runs/<prompt>") in capsys.readouterr().err
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
 def test_resume_refuses_a_config_json_edited_after_the_checkpoint(finished_run, tmp_path, capsys):
     """A hand-edited config.json used to continue silently with the old state (a new SH degree kept the old
     coefficients). Output settings may change; anything the state depends on may not."""
