@@ -266,10 +266,11 @@ def read_manifest(out_dir: Path) -> dict[str, RunEntry]:
     """The entries of `out_dir/batch.jsonl` by run name; {} when there is none. Every value is checked against
     its field's type: a hand edit such as `"files": "abc"` would otherwise fail later with a TypeError, or be
     written back as it is. Paths must stay inside the batch folder: they are checked with is_file() and linked
-    from the gallery, so `../../etc/passwd` or an absolute path is refused."""
+    from the gallery, so `../../etc/passwd`, an absolute path, or one that a symbolic link leads out is refused."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         return {}
+    root = Path(os.path.realpath(out_dir))
     hints = typing.get_type_hints(RunEntry)
     entries = {}
     try:
@@ -284,6 +285,10 @@ def read_manifest(out_dir: Path) -> dict[str, RunEntry]:
                             raise ConfigError(f'line {number}: "{name}"[{i}] must be a relative path inside the '
                                               "batch folder (RUN/FILE, without .. or a leading /), got "
                                               f"{file!r:.80}")  # fmt: skip
+                        target = Path(os.path.realpath(root / file))  # Path.resolve raises on a loop of links
+                        if not target.is_relative_to(root):
+                            raise ConfigError(f'line {number}: "{name}"[{i}] must lie inside the batch folder, but '
+                                              f"{file!r:.80} leads to {target} through a symbolic link")  # fmt: skip
                 entries[entry.name] = entry
     except (OSError, ValueError, TypeError, AttributeError) as e:
         why = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"

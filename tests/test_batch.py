@@ -338,6 +338,37 @@ def test_a_manifest_path_outside_the_batch_folder_is_refused(tmp_path, capsys, k
     assert (tmp_path / "out" / MANIFEST).read_text() == before and not (tmp_path / "out" / GALLERY).exists()
 
 
+def test_a_manifest_path_that_a_symbolic_link_leads_out_is_refused(tmp_path, capsys):
+    """Found by a hostile-input pass: the check above reads the path's text, so a link inside the batch folder (a
+    run's file, or a run folder, pointing elsewhere) passed it; is_file() followed it and the gallery linked it.
+    Links that stay inside, a batch folder reached through a link, and a loop of links are no escape."""
+    secret = write(tmp_path / "secret.txt", "mine")
+    out = tmp_path / "out"
+    (out / "a_red_ball-s0").mkdir(parents=True)
+    (out / "a_red_ball-s0" / "particle_0.ply").symlink_to(secret)
+    (out / "other-s0").symlink_to(tmp_path, target_is_directory=True)
+    for file in ("a_red_ball-s0/particle_0.ply", "other-s0/secret.txt"):
+        write_manifest(out, [RunEntry("a_red_ball-s0", "a red ball", 0, "", status="done", files=[file])])
+        message = (f'line 1: "files"[0] must lie inside the batch folder, but {file!r} leads to {secret} through a '
+                   "symbolic link); correct it, or delete it")  # fmt: skip
+        with pytest.raises(ConfigError) as info:
+            read_manifest(out)
+        assert message in str(info.value)
+    before = (out / MANIFEST).read_text()
+    assert batch_cli(tmp_path, "--prompts-file", str(write(tmp_path / "p.txt", "a red ball\n")), *TINY) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert (out / MANIFEST).read_text() == before and not (out / GALLERY).exists() and secret.read_text() == "mine"
+    (out / "a_red_ball-s0" / "particle_0.ply").unlink()
+    write(out / "a_red_ball-s0" / "particle_0.ply", "ply")
+    (out / "a_red_ball-s0" / "copy.ply").symlink_to("particle_0.ply")
+    (out / "a_red_ball-s0" / "loop.ply").symlink_to("loop.ply")
+    (tmp_path / "alias").symlink_to(out, target_is_directory=True)
+    files = ["a_red_ball-s0/particle_0.ply", "a_red_ball-s0/copy.ply", "a_red_ball-s0/loop.ply"]
+    write_manifest(out, [RunEntry("a_red_ball-s0", "a red ball", 0, "", status="done", files=files)])
+    assert read_manifest(tmp_path / "alias")["a_red_ball-s0"].files == files
+
+
 # ---------------------------------------------------------------- whole batches on a local Ray instance
 
 
