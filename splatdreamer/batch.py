@@ -145,8 +145,8 @@ def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfi
     """One config per run: each item at its own seed or at every seed, in its folder `out_dir/<slug>-s<seed>`.
 
     The settings every run shares, and each item's fields (their types, a blank prompt, the seed's range), are
-    checked here (`ConfigError` naming the line, or prompts[i] for an item without one, before anything runs);
-    what only a run's task can find, such as a NaN, fails that run alone."""
+    checked here (`ConfigError` naming the line, or `prompts[i] ('its prompt')` for an item without one, before
+    anything runs); what only a run's task can find, such as a NaN, fails that run alone."""
     if not seeds:
         raise ConfigError("--seeds is empty; give at least one, e.g. --seeds 0")
     for seed in seeds:
@@ -159,15 +159,14 @@ def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfi
     hints = typing.get_type_hints(BatchItem)
     configs, seen = [], {}
     for i, item in enumerate(items):
-        where = item.source or f"prompts[{i}]"
+        where = item.source or f"prompts[{i}] ({item.prompt!r:.60})"
         for f in dataclasses.fields(item):  # a Python caller's BatchItem(prompt=3) would fail deep below
             check_type(hints[f.name], getattr(item, f.name), f"{where}: BatchItem.{f.name}")
         if not item.prompt.strip():
-            raise ConfigError(f"{item.source or repr(item.prompt)}: the prompt is blank; write one there, e.g. "
-                              "a red ball, or leave the line out")  # fmt: skip
+            raise ConfigError(f"{where}: the prompt is blank; write one there, e.g. a red ball, or leave the line out")
         if item.seed is not None and not _is_seed(item.seed):
-            raise ConfigError(f"{item.source or repr(item.prompt)}: the seed must be a whole number "
-                              f"{BOUNDS['seed'].describe()}, got {item.seed!r:.60}")  # fmt: skip
+            raise ConfigError(f"{where}: the seed must be a whole number {BOUNDS['seed'].describe()}, got "
+                              f"{item.seed!r:.60}")  # fmt: skip
         for seed in [item.seed] if item.seed is not None else seeds:
             run = copy.deepcopy(config)
             run.prompt, run.seed, run.resume = item.prompt, seed, None
@@ -175,17 +174,18 @@ def plan(items: Sequence[BatchItem], seeds: Sequence[int], config: GenerateConfi
                 run.negative_prompt = item.negative_prompt
             name = f"{prompt_slug(item.prompt)}-s{seed}"
             if name in seen:
-                raise _same_run(name, seen[name], item)
-            seen[name] = item
+                first_where, first = seen[name]
+                raise _same_run(f"{first_where} and {where} both make the run {name}", first, item)
+            seen[name] = (where, item)
             run.output.out_dir, run.output.overwrite = Path(out_dir) / name, False
             configs.append(run)
     return configs
 
 
-def _same_run(name: str, first: BatchItem, second: BatchItem) -> ConfigError:
-    """Why two items make one run folder: prompts that differ only after the folder name's cut, the same prompt,
-    or prompts that differ only in what a folder name leaves out (case, punctuation, spaces)."""
-    both = f"{first.source or repr(first.prompt)} and {second.source or repr(second.prompt)} both make the run {name}"
+def _same_run(both: str, first: BatchItem, second: BatchItem) -> ConfigError:
+    """Why two items make one run folder (`both` says which and which folder): prompts that differ only after the
+    folder name's cut, the same prompt, or prompts that differ only in what a folder name leaves out (case,
+    punctuation, spaces)."""
     if prompt_slug(first.prompt, None) != prompt_slug(second.prompt, None):
         return ConfigError(f"{both}: a run folder's name keeps the first {SLUG_LENGTH} characters of the prompt, and "
                            "these prompts differ only after that; make them differ earlier, e.g. by putting the "

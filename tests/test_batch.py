@@ -86,7 +86,7 @@ def test_a_blank_jsonl_prompt_is_refused_naming_its_line(tmp_path, capsys, promp
     err = capsys.readouterr().err
     assert f"splatdreamer: error: {path}:2: the prompt is blank; write one there" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ConfigError, match="^'   ': the prompt is blank"):
+    with pytest.raises(ConfigError, match=r"^prompts\[0\] \('   '\): the prompt is blank"):
         plan([BatchItem("   ")], [0], toy(), tmp_path / "out")
 
 
@@ -115,6 +115,9 @@ def test_two_lines_that_make_the_same_run_are_refused(tmp_path):
                                "only the prompt's letters and digits, lower-cased; give them different prompts or seeds")
     with pytest.raises(ConfigError, match=r"p.txt:2 both make the run a_red_ball-s0: the same prompt at the same seed"):
         plan(read_prompts(write(tmp_path / "p.txt", "a red ball\na red ball\n")), [0], toy(), tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"^prompts\[0\] \('a red ball'\) and prompts\[2\] \('A red ball!'\) both "
+                                          "make the run a_red_ball-s0: a run folder's name keeps only"):  # fmt: skip
+        plan([BatchItem("a red ball"), BatchItem("a cube"), BatchItem("A red ball!")], [0], toy(), tmp_path / "out")
 
 
 def test_the_messages_of_a_duplicate_run_say_its_true_cause(tmp_path):
@@ -554,7 +557,7 @@ def test_batch_refuses_wrong_python_arguments_before_ray_starts(tmp_path, monkey
     for args, kwargs, message in cases:
         with pytest.raises(ConfigError, match=message):
             B.batch(*args, tmp_path / "out", **kwargs)
-    with pytest.raises(ConfigError, match="'a red ball': the seed must be a whole number in \\[0, "):
+    with pytest.raises(ConfigError, match=r"^prompts\[0\] \('a red ball'\): the seed must be a whole number in \[0, "):
         plan([BatchItem("a red ball", seed=-1)], (0,), config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -562,9 +565,10 @@ def test_batch_refuses_wrong_python_arguments_before_ray_starts(tmp_path, monkey
 @pytest.mark.parametrize(
     "item, message",
     [
-        (BatchItem(3), "prompts[1]: BatchItem.prompt must be a string, got 3 (int)"),
-        (BatchItem("a red ball", seed="x"), "prompts[1]: BatchItem.seed must be a whole number, got 'x' (str)"),
-        (BatchItem("a red ball", negative_prompt=5), "prompts[1]: BatchItem.negative_prompt must be a string, got 5"),
+        (BatchItem(3), "prompts[1] (3): BatchItem.prompt must be a string, got 3 (int)"),
+        (BatchItem("a red ball", seed="x"), "prompts[1] ('a red ball'): BatchItem.seed must be a whole number, got 'x'"),
+        (BatchItem("a red ball", negative_prompt=5),
+         "prompts[1] ('a red ball'): BatchItem.negative_prompt must be a string, got 5"),
     ],
 )
 def test_a_batch_item_of_the_wrong_type_is_named(tmp_path, monkeypatch, item, message):
