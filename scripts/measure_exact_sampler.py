@@ -129,7 +129,8 @@ def run_3d(args: argparse.Namespace, alphas_cumprod: torch.Tensor) -> list[dict]
                             t_schedule=args.t_schedule,
                         )  # fmt: skip
                         config.splats = dataclasses.replace(
-                            config.splats, init_color="random" if init == "colors" else "grey"
+                            config.splats, init_color="random" if init == "colors" else "grey",
+                            lr_sh0=args.lr_sh0 or config.splats.lr_sh0,
                         )
                         start = time.perf_counter()
                         if args.prior == "trained":
@@ -145,6 +146,7 @@ def run_3d(args: argparse.Namespace, alphas_cumprod: torch.Tensor) -> list[dict]
                                 run.train_step()
                         row = {"space": "3d", "world": world, "cfg": cfg, "method": mode, "init": init, "seed": seed}
                         row |= {"prior": args.prior, "t_schedule": args.t_schedule, "phi": args.phi if mode == "vsd" else "-"}
+                        row |= {"steps": args.steps, "lr_sh0": config.splats.lr_sh0}
                         if world == "four":
                             scores = [score_particle(p, "a ball", 64) for p in run.particles]
                             names = [variants("a ball")[s.variant].name if s.pure else "impure" for s in scores]
@@ -173,6 +175,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01, help="Adam's rate on the pixels")
     ap.add_argument("--inits", nargs="+", default=["grey", "colors"])
     ap.add_argument("--space", choices=("image", "3d"), default="image", help="3d: the toy preset's loop on 'a ball'")
+    ap.add_argument("--lr-sh0", type=float, default=None, help="3d: the colours' learning rate (default: the preset's)")
     ap.add_argument("--modes", nargs="+", choices=("sds", "vsd"), default=["sds", "vsd"], help="3d: the methods to run")
     ap.add_argument("--prior", choices=("exact", "trained"), default="exact",
                     help="3d: the exact prior of the world, or the shipped toy prior on 'a ball' (scored as the four world) "
