@@ -11,6 +11,10 @@ guidance can be run exactly. The samples are training images (the exact denoiser
 sample lands on, and so the share of each colour of "a ball" at a given CFG, is what a trained prior converges
 to. It separates what the data and the empty-prompt weighting imply from what the network adds, in seconds
 instead of a training run.
+
+The same closed form stands in for the networks of the generation loop: `ExactPrior` for the pretrained model
+(and a phi that is exact), `WithExactPhi` for phi alone beside a trained prior; `camera_phi` renders what an
+exact, camera-conditioned phi scores.
 """
 
 from __future__ import annotations
@@ -154,6 +158,7 @@ def camera_phi(run) -> Callable[[Tensor], Tensor]:
     def renders(condition: Tensor) -> Tensor:
         cams, backgrounds = run.last_cameras, run.last_backgrounds
         known = cams.condition()
+        mode, packed = run.config.splats.rasterize_mode, run.config.splats.packed
         views = []
         with torch.no_grad():
             for c in condition:
@@ -162,7 +167,6 @@ def camera_phi(run) -> Callable[[Tensor], Tensor]:
                 if float(d[i]) > 1e-5:
                     raise LookupError("camera_phi was given a camera condition that the step did not draw")
                 cam, bg = cams[i], backgrounds[i : i + 1]
-                mode, packed = run.config.splats.rasterize_mode, run.config.splats.packed
                 views.append(torch.cat([
                     render(p, cam, bg, backend=run.backend, rasterize_mode=mode, packed=packed).rgb for p in run.particles
                 ]))  # fmt: skip
@@ -188,7 +192,8 @@ class ExactPrior:
     that look alike from every side (the toy balls).
 
     `phi_renders` makes phi exact and camera-aware instead: a function from the [B, 16] camera conditions of a
-    batch to [B, K, 3, H, W] renders in [0, 1] of all K particles, each from that sample's camera. `eps_phi` is
+    batch to [B, K, 3, H, W] renders (as the loop's, in [0, 1] but for overshoot) of all K particles, each from
+    that sample's camera. `eps_phi` is
     then, for each sample, the exact score of the K particles seen from its camera, now: the camera-conditioned
     score of q_t that VSD's eps_phi estimates, with no fitting error and no delay.
     """
@@ -259,7 +264,9 @@ class ExactPrior:
         """The exact score of the particles from each sample's camera (`phi_renders`), or of the renders
         `phi_loss` last stored; the pretrained model's at CFG 1 before any."""
         if self.phi_renders is not None:
-            return exact_phi_per_sample(self.phi_renders(camera) * 2.0 - 1.0, x_t, t, self.alphas_cumprod)
+            views = self.phi_renders(camera)  # [B, K, 3, H, W]
+            latents = self.encode_images(views.flatten(0, 1)).view_as(views)
+            return exact_phi_per_sample(latents, x_t, t, self.alphas_cumprod)
         if self._memory is None:
             return self.eps_pretrained(x_t, t, text_cond, text_cond, 1.0)
         return exact_phi(self._memory, self.alphas_cumprod)(x_t, t)
