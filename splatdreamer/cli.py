@@ -165,6 +165,7 @@ def cmd_generate(args: list[str]) -> None:
 
     _refuse_blank_folder(args, "--output.out-dir", "give a folder, e.g. --output.out-dir runs/a_red_ball, or leave "
                          "it out for runs/<prompt>")  # fmt: skip
+    _refuse_blank_folder(args, "--resume", "give the folder of an earlier run, e.g. --resume runs/a_red_ball")
     base, started_from = _starting_config(args)
     typed = {a.partition("=")[0] for a in args}
     if not base.prompt and "--resume" not in typed:

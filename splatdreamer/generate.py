@@ -650,6 +650,8 @@ def generate(
                           "GenerateConfig(prompt=...) or start from a preset, e.g. splatdreamer.presets.toy()")  # fmt: skip
     if callback is not None and not callable(callback):
         raise ConfigError(f"callback must be a function of one Progress, got {type(callback).__name__}")
+    if isinstance(given, str):
+        raise ConfigError(f"given names config fields, e.g. given={{'seed'}}; got the string {given!r:.60}")
     folder = _open_run_folder(config, given)
     try:
         return _run(folder, callback)

@@ -557,6 +557,18 @@ def test_a_blank_out_dir_is_refused_before_anything_is_written(tiny_prior, tmp_p
     assert list((tmp_path / "cwd").iterdir()) == []
 
 
+def test_a_blank_resume_is_refused_not_the_current_folder(finished_run, tmp_path, capsys, monkeypatch):
+    """`--resume ""` (an unset $RUN) is Path(""), the current folder: inside a run folder it resumed that run."""
+    run_dir = copy_run(finished_run, tmp_path)
+    before = files_of(run_dir)
+    monkeypatch.chdir(run_dir)
+    for flags in (["--resume", ""], ["--resume= "]):
+        assert main(["generate", *flags, "--steps", "6"]) == 2
+        assert ("splatdreamer: error: --resume is blank, which would be the current folder; give the folder of an "
+                "earlier run, e.g. --resume runs/a_red_ball") in capsys.readouterr().err
+    assert files_of(run_dir) == before
+
+
 def test_resume_refuses_a_config_json_edited_after_the_checkpoint(finished_run, tmp_path, capsys):
     """A hand-edited config.json used to continue silently with the old state (a new SH degree kept the old
     coefficients). Output settings may change; anything the state depends on may not."""
@@ -850,6 +862,8 @@ def test_generate_refuses_a_wrong_config_or_callback_before_writing(tiny_prior, 
         generate(dict(prompt="a red ball"))
     with pytest.raises(ConfigError, match="callback must be a function of one Progress, got int"):
         generate(small_config(tiny_prior, tmp_path / "run"), callback=5)
+    with pytest.raises(ConfigError, match=r"given names config fields, e.g. given=\{'seed'\}; got the string 'seed'"):
+        generate(small_config(tiny_prior, tmp_path / "run"), given="seed")  # would be the letters s, e, d
     assert not (tmp_path / "run").exists()
 
 
