@@ -135,6 +135,10 @@ class SplatConfig:
     """threestudio-3dgs opacity_lr."""
     lr_sh0: float = 1e-2
     """threestudio-3dgs feature_lr."""
+    lr_sh0_final: float | None = None
+    """... decayed exponentially to this at the last step, as the positions' rate is; None = constant. A high
+    lr_sh0 lets the colours change while t is still high (with --vsd.t-schedule decreasing), a low final rate
+    settles them (docs/benchmarks.md, "In 3D the colours must move while t is high")."""
     lr_shN: float = 5e-4
     """feature_lr / 20, as 3DGS does for the higher SH bands."""
     resolution: int | None = None
@@ -427,6 +431,7 @@ BOUNDS: dict[str, Bound] = {
     "splats.sh_degree": Bound(0, 3),  # the 3DGS .ply layout stops at degree 3
     "splats.lr_means": POSITIVE,  # decayed on a log scale
     "splats.lr_means_final": POSITIVE,
+    "splats.lr_sh0_final": POSITIVE,
     "splats.lr_scales": NON_NEGATIVE,
     "splats.lr_quats": NON_NEGATIVE,
     "splats.lr_opacities": NON_NEGATIVE,

@@ -27,10 +27,15 @@ def learning_rates(cfg: SplatConfig) -> dict[str, float]:
     }
 
 
-def means_lr(cfg: SplatConfig, step: int, total_steps: int) -> float:
-    """Exponential decay from lr_means to lr_means_final over the run (3DGS's position schedule)."""
+def decayed_lr(start: float, final: float, step: int, total_steps: int) -> float:
+    """Exponential decay from `start` at step 0 to `final` at the last step (3DGS's position schedule)."""
     progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
-    return math.exp((1 - progress) * math.log(cfg.lr_means) + progress * math.log(cfg.lr_means_final))
+    return math.exp((1 - progress) * math.log(start) + progress * math.log(final))
+
+
+def means_lr(cfg: SplatConfig, step: int, total_steps: int) -> float:
+    """The positions' rate: lr_means decayed to lr_means_final over the run."""
+    return decayed_lr(cfg.lr_means, cfg.lr_means_final, step, total_steps)
 
 
 class ParticleOptimizer:
@@ -104,9 +109,13 @@ class ParticleOptimizer:
 
     def step(self, step: int, info: dict, packed: bool) -> None:
         """Adam step, then densify/prune. `step` counts from 0."""
-        lr = means_lr(self.splat_cfg, step, self.total_steps)
-        for group in self.optimizers["means"].param_groups:
-            group["lr"] = lr
+        cfg = self.splat_cfg
+        rates = {"means": means_lr(cfg, step, self.total_steps)}
+        if cfg.lr_sh0_final is not None:
+            rates["sh0"] = decayed_lr(cfg.lr_sh0, cfg.lr_sh0_final, step, self.total_steps)
+        for key, lr in rates.items():
+            for group in self.optimizers[key].param_groups:
+                group["lr"] = lr
         for opt in self.optimizers.values():
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -879,3 +879,25 @@ def test_a_failing_callback_leaves_a_checkpoint_of_the_finished_step(tiny_prior,
     assert not (tmp_path / "run" / LOCK).exists()
     generate(GenerateConfig(resume=tmp_path / "run"))  # and it continues from there
     assert metric_steps(tmp_path / "run") == [1, 2, 3, 4]
+
+
+def test_the_colour_rate_decays_only_when_a_final_rate_is_set():
+    """--splats.lr-sh0-final decays the colours' rate as the positions' (exponentially, lr_sh0 at step 0 to the
+    final rate at the last step); unset, it stays lr_sh0. The Adam steps then move the colours by those rates."""
+    from splatdreamer.config import SplatConfig, StrategyConfig
+    from splatdreamer.optimize import ParticleOptimizer
+
+    def rates(cfg: SplatConfig) -> list[float]:
+        splats = random_ball(16, generator=torch.Generator().manual_seed(0))
+        opt = ParticleOptimizer(splats, cfg, StrategyConfig(kind="none"), total_steps=10, scene_scale=0.5)
+        seen = []
+        for step in (0, 5, 10):
+            splats["sh0"].grad = torch.ones_like(splats["sh0"])
+            before = splats["sh0"].detach().clone()
+            opt.step(step, {}, packed=False)
+            seen.append(opt.optimizers["sh0"].param_groups[0]["lr"])
+            assert (before - splats["sh0"]).min() > 0  # every colour moved against the gradient
+        return seen
+
+    assert rates(SplatConfig(lr_sh0=0.1, lr_sh0_final=0.001)) == pytest.approx([0.1, 0.01, 0.001])
+    assert rates(SplatConfig(lr_sh0=0.1)) == pytest.approx([0.1, 0.1, 0.1])
