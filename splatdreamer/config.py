@@ -136,9 +136,9 @@ class SplatConfig:
     lr_sh0: float = 1e-2
     """threestudio-3dgs feature_lr."""
     lr_sh0_final: float | None = None
-    """... decayed exponentially to this at the last step, as the positions' rate is; None = constant. A high
-    lr_sh0 lets the colours change while t is still high (with --vsd.t-schedule decreasing), a low final rate
-    settles them (docs/benchmarks.md, "In 3D the colours must move while t is high")."""
+    """... decayed exponentially to this at the last step, as the positions' rate is; None = constant. With
+    --vsd.t-schedule decreasing a high lr_sh0 lets the colours change while t is high; on the toy world a low
+    final rate did not undo what that costs the shapes (docs/benchmarks.md, "In 3D the colours must move")."""
     lr_shN: float = 5e-4
     """feature_lr / 20, as 3DGS does for the higher SH bands."""
     resolution: int | None = None
