@@ -104,12 +104,17 @@ def guided_samples(
     return ancestral_sample(guided_eps, scheduler, shape, num_steps, generator)
 
 
-def exact_phi_per_sample(views: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """[B, C, h, w] eps of each noisy sample x_t[i] at t[i] under the uniform mixture of its own K latents
-    views[i] ([B, K, C, h, w]): the exact phi of the particles as seen from each sample's camera."""
+def exact_phi_of_views(views: Tensor, encode: Callable[[Tensor], Tensor], x_t: Tensor, t: Tensor,
+                       alphas_cumprod: Tensor) -> Tensor:  # fmt: skip
+    """[B, C, h, w] eps of each noisy sample x_t[i] at t[i] under the uniform mixture of its own K renders
+    views[i] ([B, K, 3, H, W], encoded by `encode` as the loop encodes its renders): the exact phi of the
+    particles as seen from each sample's camera (`camera_phi`)."""
+    with torch.no_grad():
+        latents = encode(views.flatten(0, 1))
+    latents = latents.view(*views.shape[:2], *latents.shape[1:])
     out = torch.empty_like(x_t)
     for i in range(len(x_t)):
-        out[i : i + 1] = exact_phi(views[i], alphas_cumprod)(x_t[i : i + 1], t[i : i + 1])
+        out[i : i + 1] = exact_phi(latents[i], alphas_cumprod)(x_t[i : i + 1], t[i : i + 1])
     return out
 
 
@@ -130,10 +135,7 @@ class WithExactPhi:
     def eps_phi(self, x_t: Tensor, t: Tensor, text_cond: Tensor, camera: Tensor, cfg_scale: float = 1.0) -> Tensor:
         if self.phi_renders is None:
             raise RuntimeError("WithExactPhi needs phi_renders (toy.exact.camera_phi of the run)")
-        views = self.phi_renders(camera)  # [B, K, 3, H, W]
-        with torch.no_grad():
-            latents = self.prior.encode_images(views.flatten(0, 1))
-        return exact_phi_per_sample(latents.view(*views.shape[:2], *latents.shape[1:]), x_t, t, self.prior.alphas_cumprod)
+        return exact_phi_of_views(self.phi_renders(camera), self.prior.encode_images, x_t, t, self.prior.alphas_cumprod)
 
     def phi_loss(self, x0: Tensor, *args, **kwargs) -> Tensor:
         return self._phi_anchor * 0.0  # nothing to fit
@@ -193,9 +195,9 @@ class ExactPrior:
 
     `phi_renders` makes phi exact and camera-aware instead: a function from the [B, 16] camera conditions of a
     batch to [B, K, 3, H, W] renders (as the loop's, in [0, 1] but for overshoot) of all K particles, each from
-    that sample's camera. `eps_phi` is
-    then, for each sample, the exact score of the K particles seen from its camera, now: the camera-conditioned
-    score of q_t that VSD's eps_phi estimates, with no fitting error and no delay.
+    that sample's camera. `eps_phi` is then, for each sample, the exact score of the K particles seen from its
+    camera, now: the camera-conditioned score of q_t that VSD's eps_phi estimates, with no fitting error and no
+    delay.
     """
 
     phi_renders: Callable[[Tensor], Tensor] | None = None
@@ -264,9 +266,7 @@ class ExactPrior:
         """The exact score of the particles from each sample's camera (`phi_renders`), or of the renders
         `phi_loss` last stored; the pretrained model's at CFG 1 before any."""
         if self.phi_renders is not None:
-            views = self.phi_renders(camera)  # [B, K, 3, H, W]
-            latents = self.encode_images(views.flatten(0, 1)).view_as(views)
-            return exact_phi_per_sample(latents, x_t, t, self.alphas_cumprod)
+            return exact_phi_of_views(self.phi_renders(camera), self.encode_images, x_t, t, self.alphas_cumprod)
         if self._memory is None:
             return self.eps_pretrained(x_t, t, text_cond, text_cond, 1.0)
         return exact_phi(self._memory, self.alphas_cumprod)(x_t, t)
