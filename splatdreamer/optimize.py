@@ -33,11 +33,6 @@ def decayed_lr(start: float, final: float, step: int, total_steps: int) -> float
     return math.exp((1 - progress) * math.log(start) + progress * math.log(final))
 
 
-def means_lr(cfg: SplatConfig, step: int, total_steps: int) -> float:
-    """The positions' rate: lr_means decayed to lr_means_final over the run."""
-    return decayed_lr(cfg.lr_means, cfg.lr_means_final, step, total_steps)
-
-
 class ParticleOptimizer:
     """Adam per parameter key (the layout gsplat strategies require) plus the particle's strategy state."""
 
@@ -110,7 +105,7 @@ class ParticleOptimizer:
     def step(self, step: int, info: dict, packed: bool) -> None:
         """Adam step, then densify/prune. `step` counts from 0."""
         cfg = self.splat_cfg
-        rates = {"means": means_lr(cfg, step, self.total_steps)}
+        rates = {"means": decayed_lr(cfg.lr_means, cfg.lr_means_final, step, self.total_steps)}
         if cfg.lr_sh0_final is not None:
             rates["sh0"] = decayed_lr(cfg.lr_sh0, cfg.lr_sh0_final, step, self.total_steps)
         for key, lr in rates.items():
