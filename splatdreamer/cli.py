@@ -167,8 +167,8 @@ def cmd_generate(args: list[str]) -> None:
                          "it out for runs/<prompt>")  # fmt: skip
     _refuse_blank_folder(args, "--resume", "give the folder of an earlier run, e.g. --resume runs/a_red_ball")
     base, started_from = _starting_config(args)
-    typed = {a.partition("=")[0] for a in args}
-    if not base.prompt and "--resume" not in typed:
+    given = _typed_fields(args)  # a resumed run compares them with its config.json even where they equal the default
+    if not base.prompt and "resume" not in given:
         base.prompt = tyro.MISSING  # shown as required; a resumed run takes its prompt from its config.json
     description = (
         "Text to 3D Gaussian splats with Variational Score Distillation.\n\n"
@@ -185,7 +185,6 @@ def cmd_generate(args: list[str]) -> None:
     config = cmd.run
     if config.resume is not None and started_from is not None:
         raise ConfigError("--resume continues a run with its own config.json; drop --preset / --config")
-    given = _typed_fields(args)  # a resumed run compares them with its config.json even where they equal the default
     if not cmd.live.viewer:
         generate(config, given=given)
         return
