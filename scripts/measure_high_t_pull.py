@@ -19,24 +19,17 @@ from collections import Counter
 
 import torch
 
+# the sibling script's toy balls (scripts/ is on sys.path when a script runs)
+from measure_exact_sampler import ball_coverage, balls
+
 from splatdreamer.cameras import DEFAULT_RANGES, sample
 from splatdreamer.generate import resolve_prior_name
 from splatdreamer.prior import DiffusionPrior
-from splatdreamer.render import render
 from splatdreamer.toy.data import ToyDataConfig, load_or_render, unconditional_weights
 from splatdreamer.toy.exact import exact_eps
-from splatdreamer.toy.objects import BALL_COLORS, PALETTE, PROMPTS, ball_surface, gaussians
+from splatdreamer.toy.objects import BALL_COLORS, PALETTE, PROMPTS
 
 GREY = (0.5, 0.5, 0.5)
-
-
-def ball_images(color: tuple[float, float, float], cameras) -> tuple[torch.Tensor, torch.Tensor]:
-    """[V, 3, H, W] the toy ball in one flat colour on white from each camera, in [-1, 1], and [V, H, W] its mask."""
-    means, normals = ball_surface()
-    ball = gaussians(means, normals, torch.tensor(color).expand(len(means), 3))
-    img = render(ball, cameras, background=torch.ones(len(cameras), 3)).rgb.clamp(0, 1)
-    mask = (img - 1.0).abs().amax(1) > 0.05
-    return img * 2 - 1, mask
 
 
 def nearest(colors: torch.Tensor) -> list[str]:
@@ -64,11 +57,13 @@ def main() -> None:
     text = prior.text_embeddings(args.prompt)
 
     cameras = sample(args.draws, DEFAULT_RANGES, prior.resolution, prior.resolution, torch.Generator().manual_seed(0))
+    alpha = ball_coverage(cameras)  # [V, 1, H, W]
+    mask = alpha[:, 0] > 0.5
     starts = {"grey": GREY, **{c: PALETTE[c] for c in BALL_COLORS}}
     print("| start | t | CFG | shipped prior: x0_hat nearest colour (of %d) | exact denoiser |" % args.draws)
     print("|---|---|---|---|---|")
     for name, color in starts.items():
-        x0, mask = ball_images(color, cameras)
+        x0 = balls(torch.tensor([color]), alpha) * 2 - 1  # the ball in this colour on white, in [-1, 1]
         for t in args.t:
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
             abar = abar_all[t]
