@@ -190,6 +190,8 @@ def _open_resumed(config: GenerateConfig, given: Collection[str]) -> _RunFolder:
         saved = load_json(run_dir / CONFIG)
         chosen = {*given, *changed_fields(config, GenerateConfig())}  # a config cannot tell a default from unset
         differ = [n for n in changed_fields(config, saved) if n in chosen]
+        if "vsd.cfg_scale" in differ and config.vsd.guidance() == saved.vsd.guidance():
+            differ.remove("vsd.cfg_scale")  # the run's None is its mode's usual scale: 7.5 typed on VSD asks for it
         ignored = [n for n in differ if n not in RESUME_FLAGS]
         if ignored:
             shown = ", ".join(f"--{n.replace('_', '-')} {get_field(config, n)!r} (the run has {get_field(saved, n)!r})"

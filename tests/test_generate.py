@@ -662,7 +662,12 @@ def test_resume_refuses_a_typed_default_that_differs_from_the_run(finished_run, 
     assert main(["generate", "--resume", str(run_dir), "--vsd.views_per_particle=1", "--output.no-overwrite"]) == 2
     assert "so --vsd.views-per-particle 1 (the run has 2) would be ignored; drop it" in capsys.readouterr().err
     assert files_of(run_dir) == before and not (run_dir / LOCK).exists()
-    assert main(["generate", "--resume", str(run_dir), "--seed", "3", "--prompt", "a red ball", "--particles", "1"]) == 0
+    # Found by a hostile-input pass: the run's cfg_scale None is VSD's 7.5, so typing 7.5 asks for what the run has.
+    assert json.loads((run_dir / "config.json").read_text())["vsd"]["cfg_scale"] is None
+    assert main(["generate", "--resume", str(run_dir), "--vsd.cfg-scale", "8"]) == 2
+    assert "so --vsd.cfg-scale 8.0 (the run has None) would be ignored; drop it" in capsys.readouterr().err
+    assert main(["generate", "--resume", str(run_dir), "--seed", "3", "--prompt", "a red ball", "--particles", "1",
+                 "--vsd.cfg-scale", "7.5"]) == 0  # fmt: skip
     assert metric_steps(run_dir) == [1, 2, 3, 4]
 
 
