@@ -135,7 +135,7 @@ def run_3d(args: argparse.Namespace, alphas_cumprod: torch.Tensor) -> list[dict]
                         start = time.perf_counter()
                         if args.prior == "trained":
                             config.prompt = "a ball"
-                            prior = WithExactPhi(DiffusionPrior.from_pretrained(resolve_prior_name("toy")))
+                            prior = WithExactPhi(DiffusionPrior.from_pretrained(resolve_prior_name(args.prior_dir)))
                         else:
                             prior = exact_prior(world, alpha, alphas_cumprod)[0]
                         with tempfile.TemporaryDirectory() as run_dir:
@@ -180,6 +180,7 @@ def main() -> None:
     ap.add_argument("--prior", choices=("exact", "trained"), default="exact",
                     help="3d: the exact prior of the world, or the shipped toy prior on 'a ball' (scored as the four world) "
                     "with the camera-aware exact phi (--phi camera)")
+    ap.add_argument("--prior-dir", default="toy", help="3d, --prior trained: the trained prior (toy, or a directory)")
     ap.add_argument("--phi", choices=("memory", "camera"), default="memory",
                     help="3d: VSD's exact phi, of the last step's renders (memory) or of all particles from each camera")
     ap.add_argument("--views", type=int, default=32, help="3d: cameras per ball in the exact prior's image set")

@@ -9,7 +9,11 @@ grey ball to each colour about as often as its samples hold that colour. This sc
 names the colour of x0_hat over the ball's own pixels (nearest palette colour) for the shipped prior and for
 the exact denoiser of the same training data, at each CFG:
 
-    python scripts/measure_high_t_pull.py [--t 980 950 900 800] [--cfg 1 7.5] [--draws 64]
+    python scripts/measure_high_t_pull.py [--t 980 950 900 800] [--cfg 1 7.5] [--draws 64] \
+        [--prior DIR --scale "blue cube=0.5,red ball=1.3"]
+
+`--prior` measures another prior (a directory `toy train` wrote); `--scale` gives the exact denoiser the
+empty-prompt factors that prior was trained with (its `--uncond-object-scale`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 # the sibling script's toy balls (scripts/ is on sys.path when a script runs)
 from measure_exact_sampler import ball_coverage, balls
+from measure_guided_balance import parse_scale
 
 from splatdreamer.cameras import DEFAULT_RANGES, sample
 from splatdreamer.generate import resolve_prior_name
@@ -43,24 +48,26 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, nargs="+", default=[1.0, 7.5])
     ap.add_argument("--draws", type=int, default=64, help="cameras and noise draws per start colour")
     ap.add_argument("--prompt", default="a ball")
+    ap.add_argument("--prior", default="toy", help="the prior to measure: toy (the shipped one) or a directory")
+    ap.add_argument("--scale", default="", help='its empty-prompt factors, "name=f,name=f" ("": every object equally)')
     ap.add_argument("--data-dir", default=".toydata", help="cache of the rendered dataset (as `toy train`)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
 
-    prior = DiffusionPrior.from_pretrained(resolve_prior_name("toy"))
+    prior = DiffusionPrior.from_pretrained(resolve_prior_name(args.prior))
     abar_all = prior.alphas_cumprod.cpu()
     data = load_or_render(ToyDataConfig(), args.data_dir)
     images = data.images.float() / 127.5 - 1.0
     mine = (data.prompt_index == PROMPTS.index(args.prompt)).nonzero()[:, 0]
     exact_c = exact_eps(images[mine], torch.ones(len(mine)), abar_all)
-    exact_u = exact_eps(images, unconditional_weights(data), abar_all)
+    exact_u = exact_eps(images, unconditional_weights(data, parse_scale(args.scale)), abar_all)
     text = prior.text_embeddings(args.prompt)
 
     cameras = sample(args.draws, DEFAULT_RANGES, prior.resolution, prior.resolution, torch.Generator().manual_seed(0))
     alpha = ball_coverage(cameras)  # [V, 1, H, W]
     mask = alpha[:, 0] > 0.5
     starts = {"grey": GREY, **{c: PALETTE[c] for c in BALL_COLORS}}
-    print("| start | t | CFG | shipped prior: x0_hat nearest colour (of %d) | exact denoiser |" % args.draws)
+    print(f"| start | t | CFG | {args.prior}: x0_hat nearest colour (of {args.draws}) | exact denoiser |")
     print("|---|---|---|---|---|")
     for name, color in starts.items():
         x0 = balls(torch.tensor([color]), alpha) * 2 - 1  # the ball in this colour on white, in [-1, 1]

@@ -9,6 +9,7 @@ import shlex
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -31,7 +32,9 @@ from splatdreamer.toy.objects import (
 )  # fmt: skip
 from splatdreamer.toy.sample import check_prior, sample_images
 from splatdreamer.toy import train as train_module
-from splatdreamer.toy.train import PosteriorTargets, ToyTrainConfig, diffusion_loss, loss_weights, train
+from splatdreamer.toy.train import (
+    PosteriorTargets, ToyTrainConfig, diffusion_loss, guided_loss, loss_weights, train,
+)  # fmt: skip
 
 SHIPPED = Path(__file__).resolve().parents[1] / "splatdreamer" / "toy" / "prior"
 TINY_MODEL = ToyModelConfig(resolution=16, block_out_channels=(16, 32), text_hidden_size=32, text_layers=1)
@@ -398,6 +401,39 @@ def test_training_uses_the_posterior_target_only_when_asked(tmp_path, monkeypatc
     assert len(calls) == 3
     assert plain.losses != posterior.losses  # same seed, same draws: only the target differs
     assert json.loads((tmp_path / "b" / "training.json").read_text())["config"]["target"] == "posterior"
+    calls.clear()
+    guided = train(ToyTrainConfig(out_dir=tmp_path / "c", guided_weight=1.0, guided_batch=2, **common))
+    assert len(calls) == 6  # the guided loss's exact targets, prompt and empty, each step; the plain target stays
+    assert guided.losses != plain.losses
+
+
+def test_guided_loss_weights_the_cond_minus_empty_error_by_the_guidance_scale():
+    """The guided loss fits eps_u + s (eps_c - eps_u) to the same combination of the exact targets, at t >= min_t:
+    zero for the exact denoiser, s^2 d^2 for an error d on the prompt's prediction alone, (s - 1)^2 d^2 for one
+    on the empty prompt's alone."""
+    data = render_dataset(ToyDataConfig(views_per_prompt=12, resolution=8))
+    images = data.images.float() / 127.5 - 1
+    targets = PosteriorTargets(data, images, unconditional_weights(data, {}))
+    parts = build(dataclasses.replace(TINY_MODEL, resolution=8))
+    abar = parts.scheduler.alphas_cumprod
+    prompts = ["a ball", "a red ball, front view", "a blue cube"]
+    seen_t = []
+
+    def fake_unet(offset_cond: float, offset_empty: float):
+        def unet(x, t, encoder_hidden_states):
+            seen_t.append(t)
+            exact = targets.eps(x, t, [*prompts, *[""] * 3], abar)
+            exact[:3] += offset_cond
+            exact[3:] += offset_empty
+            return SimpleNamespace(sample=exact)
+
+        return unet
+
+    for cond, empty, expected in ((0.0, 0.0, 0.0), (0.1, 0.0, (7.5 * 0.1) ** 2), (0.0, 0.1, (6.5 * 0.1) ** 2)):
+        parts.unet = fake_unet(cond, empty)
+        got = guided_loss(parts, images[:3], prompts, torch.Generator().manual_seed(0), targets, 7.5, 900).item()
+        assert got == pytest.approx(expected, abs=1e-6), (cond, empty)
+    assert all(len(t) == 6 and t.min() >= 900 and torch.equal(t[:3], t[3:]) for t in seen_t)
 
 
 def test_train_refuses_an_out_dir_it_would_wipe_and_sizes_that_cannot_build_before_any_data(tmp_path, monkeypatch):

@@ -49,6 +49,10 @@ TRAIN_BOUNDS: dict[str, Bound] = {
     "grad_clip": POSITIVE,
     "p_uncond": Bound(0, 1, open_high=True),
     "max_loss_weight": Bound(1),
+    "guided_weight": NON_NEGATIVE,
+    "guided_cfg": Bound(1),
+    "guided_min_t": NON_NEGATIVE,
+    "guided_batch": POSITIVE,
     "ema_decay": Bound(0, 1, open_high=True),
     "save_every": POSITIVE,
     "log_every": POSITIVE,
@@ -114,6 +118,19 @@ class ToyTrainConfig:
     stable target field of Xu et al. 2023 with the whole training set as the reference batch. Both have the
     same minimiser; the posterior target removes the variance of the drawn one, which at high noise is far
     larger than the few-hundredths colour differences that guidance multiplies (`toy.train.PosteriorTargets`)."""
+    guided_weight: float = 0.0
+    """Weight of a second loss on the guided prediction (0: off). Each step also draws `guided_batch` captioned
+    examples at t >= guided_min_t and fits eps_u + s (eps_c - eps_u), with s = guided_cfg, to the same
+    combination of the exact targets E[eps | x_t, y] and E[eps | x_t, ""] (`guided_loss`). Guidance multiplies the
+    network's cond-minus-empty error by s - 1 where the colour of "a ball" is decided (t >= 900): errors of a
+    few hundredths that the plain loss barely sees are what sent "a ball" to red at CFG 7.5
+    (`scripts/measure_high_t_pull.py`). This loss trains that difference directly."""
+    guided_cfg: float = 7.5
+    """The guidance scale s of the guided loss (the toy preset's CFG)."""
+    guided_min_t: int = 850
+    """Lowest timestep of the guided loss's examples (the colour is decided above about 900)."""
+    guided_batch: int = 16
+    """Captioned examples per step for the guided loss (each costs two network passes)."""
     init_from: Path | None = None
     """Start from the weights of this prior directory (same model sizes) instead of a fresh initialisation."""
     ema_decay: float = 0.999
@@ -144,6 +161,9 @@ class ToyTrainConfig:
         if self.data.backend == "gsplat":  # the objects are built on the CPU, where gsplat's kernels cannot run
             raise ConfigError("--data.backend gsplat: the toy data is rendered on the CPU, which gsplat cannot do; "
                               "use --data.backend reference (the default)")  # fmt: skip
+        if self.guided_min_t >= 1000:  # the toy scheduler's num_train_timesteps (toy.model.build)
+            raise ConfigError(f"--guided-min-t {self.guided_min_t} leaves no timestep below the schedule's 1000; "
+                              "use e.g. 850")  # fmt: skip
         check_scale("prompt_scale", self.prompt_scale, PROMPTS)
         check_scale("uncond_object_scale", self.uncond_object_scale, world_objects())
         if self.data.resolution != self.model.resolution:
@@ -239,6 +259,26 @@ def diffusion_loss(
     return (loss_weights(parts.scheduler.alphas_cumprod, t, weighting, cap) * per_example).mean()
 
 
+def guided_loss(
+    parts: ToyPriorParts, images: Tensor, prompts: list[str], g: torch.Generator, targets: PosteriorTargets,
+    cfg: float, min_t: int,
+) -> Tensor:  # fmt: skip
+    """Mean || guided(eps_theta) - guided(E[eps | x_t, .]) ||^2 over captioned examples x [B, 3, H, W] noised at
+    t ~ U[min_t, T), where guided(e) = e(x_t, "") + cfg (e(x_t, y) - e(x_t, "")) is classifier-free guidance
+    (Ho & Salimans 2022) and E[eps | x_t, .] the exact posterior targets of the training set. Its minimiser is
+    the plain loss's (both are zero for the exact denoiser); it weights the cond-minus-empty error by cfg^2,
+    as guided sampling and score distillation feel it."""
+    b = images.shape[0]
+    t = torch.randint(min_t, parts.scheduler.config.num_train_timesteps, (b,), generator=g)
+    noisy = parts.scheduler.add_noise(images, torch.randn(images.shape, generator=g), t)
+    abar = parts.scheduler.alphas_cumprod
+    exact_c, exact_u = targets.eps(noisy, t, prompts, abar), targets.eps(noisy, t, [""] * b, abar)
+    both = parts.unet(torch.cat([noisy, noisy]), torch.cat([t, t]), encoder_hidden_states=encode_prompts(
+        parts, [*prompts, *[""] * b])).sample  # fmt: skip
+    pred_c, pred_u = both.chunk(2)
+    return F.mse_loss(pred_u + cfg * (pred_c - pred_u), exact_u + cfg * (exact_c - exact_u))
+
+
 def save_atomic(parts: ToyPriorParts, out_dir: Path, meta: dict) -> None:
     """Write to a sibling directory, then swap it in, so out_dir is always a complete prior."""
     out_dir = Path(out_dir)
@@ -313,7 +353,8 @@ def train(config: ToyTrainConfig) -> TrainResult:
     uncond_weights = unconditional_weights(data, config.uncond_object_scale)
     # None keeps the uniform draw (randint), so runs without --prompt-scale draw the batches they always drew.
     cond_weights = conditional_weights(data, config.prompt_scale) if config.prompt_scale else None
-    targets = PosteriorTargets(data, images, uncond_weights) if config.target == "posterior" else None
+    exact = config.target == "posterior" or config.guided_weight > 0
+    targets = PosteriorTargets(data, images, uncond_weights) if exact else None
 
     parts = build(config.model, seed=config.seed)
     if config.init_from is not None:
@@ -344,8 +385,14 @@ def train(config: ToyTrainConfig) -> TrainResult:
     for step in range(config.steps):
         index, prompts = draw_batch(data, config.batch_size, config.p_uncond, uncond_weights, g, cond_weights)
         loss = diffusion_loss(
-            parts, images[index], prompts, g, config.loss_weighting, config.max_loss_weight, targets
-        )
+            parts, images[index], prompts, g, config.loss_weighting, config.max_loss_weight,
+            targets if config.target == "posterior" else None,
+        )  # fmt: skip
+        if config.guided_weight > 0:
+            guided_index, guided_prompts = draw_batch(data, config.guided_batch, 0.0, uncond_weights, g, cond_weights)
+            loss = loss + config.guided_weight * guided_loss(
+                parts, images[guided_index], guided_prompts, g, targets, config.guided_cfg, config.guided_min_t
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
