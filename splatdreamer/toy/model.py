@@ -29,6 +29,7 @@ from splatdreamer.toy.objects import PROMPTS
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"  # also padding and the unknown token, as in Stable Diffusion 1.x's tokenizer
 END_OF_WORD = "</w>"
+TRAIN_TIMESTEPS = 1000  # the DDPM schedule's length (Ho et al. 2020)
 
 
 @dataclass
@@ -163,7 +164,7 @@ def build(config: ToyModelConfig, seed: int = 0) -> ToyPriorParts:
         norm_num_groups=min(32, min(config.block_out_channels) // 4),
     )
     scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
+        num_train_timesteps=TRAIN_TIMESTEPS,
         beta_schedule=config.beta_schedule,
         prediction_type="epsilon",
         clip_sample=True,  # pixel space: x0 lives in [-1, 1] (Ho et al. 2020 clip at sampling)

@@ -31,7 +31,7 @@ from splatdreamer.toy.data import (
 )  # fmt: skip
 from splatdreamer.toy.exact import eps_from_x0, posterior_mean
 from splatdreamer.toy.model import (
-    ToyModelConfig, ToyPriorParts, build, build_tokenizer, encode_prompts, load, save,
+    TRAIN_TIMESTEPS, ToyModelConfig, ToyPriorParts, build, build_tokenizer, encode_prompts, load, save,
 )  # fmt: skip
 from splatdreamer.toy.objects import PROMPTS
 
@@ -161,9 +161,9 @@ class ToyTrainConfig:
         if self.data.backend == "gsplat":  # the objects are built on the CPU, where gsplat's kernels cannot run
             raise ConfigError("--data.backend gsplat: the toy data is rendered on the CPU, which gsplat cannot do; "
                               "use --data.backend reference (the default)")  # fmt: skip
-        if self.guided_min_t >= 1000:  # the toy scheduler's num_train_timesteps (toy.model.build)
-            raise ConfigError(f"--guided-min-t {self.guided_min_t} leaves no timestep below the schedule's 1000; "
-                              "use e.g. 850")  # fmt: skip
+        if self.guided_min_t >= TRAIN_TIMESTEPS:
+            raise ConfigError(f"--guided-min-t {self.guided_min_t} leaves no timestep below the schedule's "
+                              f"{TRAIN_TIMESTEPS}; use e.g. 850")  # fmt: skip
         check_scale("prompt_scale", self.prompt_scale, PROMPTS)
         check_scale("uncond_object_scale", self.uncond_object_scale, world_objects())
         if self.data.resolution != self.model.resolution:
