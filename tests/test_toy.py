@@ -513,6 +513,10 @@ def test_init_from_starts_at_the_given_prior(tmp_path):
     assert not all(torch.equal(fresh.unet.state_dict()[n], v) for n, v in a.unet.state_dict().items())
     for name, value in a.text_encoder.state_dict().items():
         assert torch.equal(b.text_encoder.state_dict()[name], value), name
+    # The fine-tune's record keeps the stage it started from, and the recipe's time is both stages'.
+    record_a, record_b = (json.loads((tmp_path / d / "training.json").read_text()) for d in "ab")
+    assert record_b["init_from_training"] == record_a
+    assert record_b["total_seconds"] == pytest.approx(record_a["seconds"] + record_b["seconds"])
     with pytest.raises(ConfigError, match="not a prior directory"):
         ToyTrainConfig(init_from=tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="other model sizes"):

@@ -279,6 +279,16 @@ def guided_loss(
     return F.mse_loss(pred_u + cfg * (pred_c - pred_u), exact_u + cfg * (exact_c - exact_u))
 
 
+def read_training_record(prior_dir: Path) -> dict | None:
+    """The training.json `toy train` wrote into prior_dir, or None where there is none (a prior from elsewhere)
+    or it cannot be read; a fine-tune's record then starts at itself."""
+    try:
+        record = json.loads((Path(prior_dir) / "training.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def save_atomic(parts: ToyPriorParts, out_dir: Path, meta: dict) -> None:
     """Write to a sibling directory, then swap it in, so out_dir is always a complete prior."""
     out_dir = Path(out_dir)
@@ -380,6 +390,14 @@ def train(config: ToyTrainConfig) -> TrainResult:
     print(f"model: {n_params / 1e6:.2f} M parameters, {config.steps} steps of batch {config.batch_size}", flush=True)
 
     meta = {"command": shlex.join(sys.argv), "config": asdict(config), "parameters": n_params}
+    # A fine-tune is the last stage of a recipe: keep the stages before it, so that the prior's training.json
+    # gives every command and the whole recipe's time (`total_seconds`), not this stage's alone.
+    earlier = read_training_record(config.init_from) if config.init_from is not None else None
+    earlier_seconds = 0.0
+    if earlier is not None:
+        meta["init_from_training"] = earlier
+        seconds = earlier.get("total_seconds", earlier.get("seconds"))
+        earlier_seconds = float(seconds) if isinstance(seconds, (int, float)) else 0.0
     losses: list[float] = []
     t0 = time.time()
     for step in range(config.steps):
@@ -414,6 +432,7 @@ def train(config: ToyTrainConfig) -> TrainResult:
             )
         if done % config.save_every == 0 or done == config.steps:
             meta.update(step=done, seconds=time.time() - start, loss_last_100=sum(losses[-100:]) / len(losses[-100:]))
+            meta["total_seconds"] = meta["seconds"] + earlier_seconds
             save_atomic(ema, config.out_dir, meta)
     return TrainResult(losses=losses, out_dir=Path(config.out_dir), seconds=time.time() - start)
 
