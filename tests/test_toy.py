@@ -188,6 +188,8 @@ def test_prompt_and_object_scales_reweight_the_draws(tmp_path):
         ({"guided_cfg": 0.5}, "--guided-cfg must be >= 1, got 0.5"),
         ({"guided_min_t": 1000}, "--guided-min-t 1000 leaves no timestep below the schedule's 1000"),
         ({"guided_batch": 0}, "--guided-batch must be positive"),
+        ({"keep_init_below_t": 850}, "--keep-init-below-t 850 keeps the starting prior's predictions, and there is none"),
+        ({"keep_init_below_t": -1}, "--keep-init-below-t must be >= 0, got -1"),
         ({"steps": "5"}, "--steps must be a whole number, got '5'"),
         ({"save_every": 0}, "--save-every must be positive"),
         ({"log_every": 0}, "--log-every must be positive"),
@@ -440,6 +442,37 @@ def test_guided_loss_weights_the_cond_minus_empty_error_by_the_guidance_scale():
     assert all(len(t) == 6 and t.min() >= 900 and torch.equal(t[:3], t[3:]) for t in seen_t)
 
 
+def test_keep_init_below_t_fits_the_teachers_own_prediction_there_and_the_plain_target_above():
+    """Below teacher_below_t the plain loss's target is the teacher's prediction: a teacher that is the model itself
+    costs nothing there, so the loss is the plain loss of the examples at or above the threshold alone."""
+    parts = build(dataclasses.replace(TINY_MODEL, resolution=8))
+    images = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    prompts = ["a ball", "a red ball", "", "a blue cube"] * 2
+
+    def loss(**teacher):
+        with torch.no_grad():
+            return diffusion_loss(parts, images, prompts, torch.Generator().manual_seed(0), **teacher).item()
+
+    t = torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(0))  # the draws diffusion_loss makes
+    threshold = int(t.sort().values[4])  # 4 examples below, 4 at or above
+    per_example = []
+    for i in range(8):  # each example's plain loss, from the same noise
+        g = torch.Generator().manual_seed(0)
+        t_all, noise = torch.randint(0, 1000, (8,), generator=g), torch.randn(images.shape, generator=g)
+        noisy = parts.scheduler.add_noise(images, noise, t_all)
+        with torch.no_grad():
+            context = encode_prompts(parts, [prompts[i]])
+            pred = parts.unet(noisy[i : i + 1], t_all[i : i + 1], encoder_hidden_states=context).sample
+        per_example.append(((pred - noise[i : i + 1]) ** 2).mean().item())
+    kept = sum(e for e, ti in zip(per_example, t.tolist()) if ti >= threshold) / 8
+    assert loss() == pytest.approx(sum(per_example) / 8, rel=1e-4)
+    assert loss(teacher=parts, teacher_below_t=threshold) == pytest.approx(kept, rel=1e-4)
+    assert loss(teacher=parts, teacher_below_t=1000) == pytest.approx(0.0, abs=1e-10)
+    assert loss(teacher=parts, teacher_below_t=0) == pytest.approx(loss(), rel=1e-6)
+    other = build(dataclasses.replace(TINY_MODEL, resolution=8), seed=3)  # another teacher: a real target again
+    assert loss(teacher=other, teacher_below_t=1000) > 1e-4
+
+
 def test_train_refuses_an_out_dir_it_would_wipe_and_sizes_that_cannot_build_before_any_data(tmp_path, monkeypatch):
     """Found by a hostile-input pass: every save replaces --out-dir whole, so a folder of the user's (or the current
     folder) was deleted with exit 0; sizes diffusers rejects failed with its traceback after the data had loaded."""
@@ -517,6 +550,11 @@ def test_init_from_starts_at_the_given_prior(tmp_path):
     record_a, record_b = (json.loads((tmp_path / d / "training.json").read_text()) for d in "ab")
     assert record_b["init_from_training"] == record_a
     assert record_b["total_seconds"] == pytest.approx(record_a["seconds"] + record_b["seconds"])
+    # Below --keep-init-below-t the target is the starting prior's own prediction: at the first step, before any
+    # update, that is the model's, so over all timesteps the loss is zero.
+    kept = train(ToyTrainConfig(out_dir=tmp_path / "d", steps=1, init_from=tmp_path / "a", keep_init_below_t=1000,
+                                **common))  # fmt: skip
+    assert kept.losses == [pytest.approx(0.0, abs=1e-12)]
     with pytest.raises(ConfigError, match="not a prior directory"):
         ToyTrainConfig(init_from=tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="other model sizes"):
