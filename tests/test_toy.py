@@ -470,6 +470,9 @@ def test_keep_init_below_t_fits_the_teachers_own_prediction_there_and_the_plain_
     assert loss(teacher=parts, teacher_below_t=1000) == pytest.approx(0.0, abs=1e-10)
     assert loss(teacher=parts, teacher_below_t=0) == pytest.approx(loss(), rel=1e-6)
     other = build(dataclasses.replace(TINY_MODEL, resolution=8), seed=3)  # another teacher: a real target again
+    held, harder = loss(teacher=other, teacher_below_t=threshold), loss(teacher=other, teacher_below_t=threshold,
+                                                                         teacher_weight=3.0)  # fmt: skip
+    assert harder - kept == pytest.approx(3 * (held - kept), rel=1e-4)  # only the examples below count 3 times
     assert loss(teacher=other, teacher_below_t=1000) > 1e-4
 
 

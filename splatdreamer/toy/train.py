@@ -54,6 +54,7 @@ TRAIN_BOUNDS: dict[str, Bound] = {
     "guided_min_t": NON_NEGATIVE,
     "guided_batch": POSITIVE,
     "keep_init_below_t": NON_NEGATIVE,
+    "keep_init_weight": NON_NEGATIVE,
     "ema_decay": Bound(0, 1, open_high=True),
     "save_every": POSITIVE,
     "log_every": POSITIVE,
@@ -139,6 +140,9 @@ class ToyTrainConfig:
     a fine-tune aimed at high noise (the guided loss) keeps what the starting prior does at lower noise (0: off).
     Measured: a guided fine-tune of the third prior drew its red ball paler (colour error 0.026 to 0.049), and
     the paleness came from the fine-tune's steps below t = 850, not from the guided ones above it."""
+    keep_init_weight: float = 1.0
+    """Weight of the examples below keep_init_below_t in the plain loss (how hard the fine-tune is held to the
+    starting prior there)."""
     ema_decay: float = 0.999
     """EMA of the weights that gets saved; warmed up as min(decay, (1 + step) / (10 + step))."""
     save_every: int = 200
@@ -258,11 +262,12 @@ class PosteriorTargets:
 def diffusion_loss(
     parts: ToyPriorParts, images: torch.Tensor, prompts: list[str], g: torch.Generator,
     weighting: str = "epsilon", cap: float = 20.0, targets: PosteriorTargets | None = None,
-    teacher: ToyPriorParts | None = None, teacher_below_t: int = 0,
+    teacher: ToyPriorParts | None = None, teacher_below_t: int = 0, teacher_weight: float = 1.0,
 ) -> torch.Tensor:  # fmt: skip
     """Mean of w(t) || eps - eps_theta(sqrt(abar) x + sqrt(1 - abar) eps, t, y) ||^2 over [B, 3, H, W] x in [-1, 1];
     with `targets`, eps in the norm is E[eps | x_t, y] over the training set instead of the drawn noise; with
-    `teacher`, it is the teacher's eps(x_t, t, y) wherever t < teacher_below_t."""
+    `teacher`, it is the teacher's eps(x_t, t, y) wherever t < teacher_below_t, and those examples weigh
+    teacher_weight times as much."""
     b = images.shape[0]
     t = torch.randint(0, parts.scheduler.config.num_train_timesteps, (b,), generator=g)
     noise = torch.randn(images.shape, generator=g)
@@ -277,6 +282,8 @@ def diffusion_loss(
         target[low] = kept
     pred = parts.unet(noisy, t, encoder_hidden_states=encode_prompts(parts, prompts)).sample
     per_example = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    if teacher is not None:
+        per_example = torch.where(low, teacher_weight * per_example, per_example)
     return (loss_weights(parts.scheduler.alphas_cumprod, t, weighting, cap) * per_example).mean()
 
 
@@ -432,6 +439,7 @@ def train(config: ToyTrainConfig) -> TrainResult:
         loss = diffusion_loss(
             parts, images[index], prompts, g, config.loss_weighting, config.max_loss_weight,
             targets if config.target == "posterior" else None, teacher, config.keep_init_below_t,
+            config.keep_init_weight,
         )  # fmt: skip
         if config.guided_weight > 0:
             guided_index, guided_prompts = draw_batch(data, config.guided_batch, 0.0, uncond_weights, g, cond_weights)
