@@ -138,8 +138,8 @@ class ToyTrainConfig:
     keep_init_below_t: int = 0
     """With init_from: below this timestep the plain loss's target is the starting prior's own prediction, so
     a fine-tune aimed at high noise (the guided loss) keeps what the starting prior does at lower noise (0: off).
-    Measured: a guided fine-tune of the third prior drew its red ball paler (colour error 0.026 to 0.049), and
-    the paleness came from the fine-tune's steps below t = 850, not from the guided ones above it."""
+    Made for the guided fine-tunes' paler red ball (colour error 0.026 to 0.049), which comes from their steps
+    below t = 850; measured, it does not keep that colour at weight 1 or 10 (docs/benchmarks.md)."""
     keep_init_weight: float = 1.0
     """Weight of the examples below keep_init_below_t in the plain loss (how hard the fine-tune is held to the
     starting prior there)."""
