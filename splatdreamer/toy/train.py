@@ -395,6 +395,7 @@ def train(config: ToyTrainConfig) -> TrainResult:
     targets = PosteriorTargets(data, images, uncond_weights) if exact else None
 
     parts = build(config.model, seed=config.seed)
+    teacher = None  # the starting prior itself, frozen, where --keep-init-below-t holds the fine-tune to it
     if config.init_from is not None:
         start_from = load(config.init_from)
         try:
@@ -406,13 +407,11 @@ def train(config: ToyTrainConfig) -> TrainResult:
             more = f" (and {len(sizes) - 1} more)" if len(sizes) > 1 else ""
             raise ConfigError(f"--init-from {config.init_from} has other model sizes than --model: {first}{more}; "
                               "give the --model.* sizes it was trained with") from None  # fmt: skip
+        if config.keep_init_below_t:
+            start_from.unet.eval().requires_grad_(False)
+            start_from.text_encoder.eval().requires_grad_(False)
+            teacher = start_from
     ema = ToyPriorParts(copy.deepcopy(parts.unet), copy.deepcopy(parts.text_encoder), parts.tokenizer, parts.scheduler)
-    teacher = None
-    if config.keep_init_below_t:  # a frozen copy of the starting prior
-        teacher = ToyPriorParts(copy.deepcopy(parts.unet).eval(), copy.deepcopy(parts.text_encoder).eval(),
-                                parts.tokenizer, parts.scheduler)  # fmt: skip
-        for p in [*teacher.unet.parameters(), *teacher.text_encoder.parameters()]:
-            p.requires_grad_(False)
     trained = [*parts.unet.parameters(), *parts.text_encoder.parameters()]
     averaged = [*ema.unet.parameters(), *ema.text_encoder.parameters()]
     for p in averaged:
