@@ -188,6 +188,8 @@ def test_prompt_and_object_scales_reweight_the_draws(tmp_path):
         ({"guided_cfg": 0.5}, "--guided-cfg must be >= 1, got 0.5"),
         ({"guided_min_t": 1000}, "--guided-min-t 1000 leaves no timestep below the schedule's 1000"),
         ({"guided_batch": 0}, "--guided-batch must be positive"),
+        ({"guided_low_batch": -1}, "--guided-low-batch must be >= 0, got -1"),
+        ({"guided_low_batch": 8, "guided_min_t": 0}, "--guided-low-batch 8 draws timesteps below --guided-min-t, which is 0"),
         ({"keep_init_below_t": 850}, "--keep-init-below-t 850 keeps the starting prior's predictions, and there is none"),
         ({"keep_init_below_t": -1}, "--keep-init-below-t must be >= 0, got -1"),
         ({"steps": "5"}, "--steps must be a whole number, got '5'"),
@@ -411,6 +413,10 @@ def test_training_uses_the_posterior_target_only_when_asked(tmp_path, monkeypatc
     guided = train(ToyTrainConfig(out_dir=tmp_path / "c", guided_weight=1.0, guided_batch=2, **common))
     assert len(calls) == 6  # the guided loss's exact targets, prompt and empty, each step; the plain target stays
     assert guided.losses != plain.losses
+    calls.clear()
+    both = train(ToyTrainConfig(out_dir=tmp_path / "d", guided_weight=1.0, guided_batch=2, guided_low_batch=2, **common))
+    assert len(calls) == 12  # and the low-noise guided examples' two targets, each step
+    assert both.losses[0] > guided.losses[0]  # same draws first, then a second guided loss is added
 
 
 def test_guided_loss_weights_the_cond_minus_empty_error_by_the_guidance_scale():
@@ -440,6 +446,11 @@ def test_guided_loss_weights_the_cond_minus_empty_error_by_the_guidance_scale():
         got = guided_loss(parts, images[:3], prompts, torch.Generator().manual_seed(0), targets, 7.5, 900).item()
         assert got == pytest.approx(expected, abs=1e-6), (cond, empty)
     assert all(len(t) == 6 and t.min() >= 900 and torch.equal(t[:3], t[3:]) for t in seen_t)
+    seen_t.clear()  # the low-noise examples of --guided-low-batch: t in [0, max_t), weighted the same way
+    parts.unet = fake_unet(0.1, 0.0)
+    got = guided_loss(parts, images[:3], prompts, torch.Generator().manual_seed(0), targets, 7.5, 0, 50).item()
+    assert got == pytest.approx((7.5 * 0.1) ** 2, abs=1e-6)
+    assert len(seen_t) == 1 and seen_t[0].max() < 50 and seen_t[0].min() >= 0
 
 
 def test_keep_init_below_t_fits_the_teachers_own_prediction_there_and_the_plain_target_above():

@@ -53,6 +53,7 @@ TRAIN_BOUNDS: dict[str, Bound] = {
     "guided_cfg": Bound(1),
     "guided_min_t": NON_NEGATIVE,
     "guided_batch": POSITIVE,
+    "guided_low_batch": NON_NEGATIVE,
     "keep_init_below_t": NON_NEGATIVE,
     "keep_init_weight": NON_NEGATIVE,
     "ema_decay": Bound(0, 1, open_high=True),
@@ -133,6 +134,11 @@ class ToyTrainConfig:
     """Lowest timestep of the guided loss's examples (the colour is decided above about 900)."""
     guided_batch: int = 16
     """Captioned examples per step for the guided loss (each costs two network passes)."""
+    guided_low_batch: int = 0
+    """Captioned examples per step for the guided loss at t < guided_min_t as well (0: none). Sampling guides
+    every step, and below guided_min_t guidance multiplies the cond-minus-empty error by s - 1 just as above it:
+    the guided fine-tunes drew the red ball pale at CFG 7.5 (colour error 0.045) from those steps, and right at
+    CFG 1. Added to the guided_batch examples at t >= guided_min_t, which keep their share of the loss."""
     init_from: Path | None = None
     """Start from the weights of this prior directory (same model sizes) instead of a fresh initialisation."""
     keep_init_below_t: int = 0
@@ -180,6 +186,9 @@ class ToyTrainConfig:
         if self.guided_min_t >= TRAIN_TIMESTEPS:
             raise ConfigError(f"--guided-min-t {self.guided_min_t} leaves no timestep below the schedule's "
                               f"{TRAIN_TIMESTEPS}; use e.g. 850")  # fmt: skip
+        if self.guided_low_batch and self.guided_min_t == 0:
+            raise ConfigError(f"--guided-low-batch {self.guided_low_batch} draws timesteps below --guided-min-t, "
+                              "which is 0; raise --guided-min-t (e.g. 850) or leave --guided-low-batch at 0")  # fmt: skip
         check_scale("prompt_scale", self.prompt_scale, PROMPTS)
         check_scale("uncond_object_scale", self.uncond_object_scale, world_objects())
         if self.data.resolution != self.model.resolution:
@@ -289,15 +298,16 @@ def diffusion_loss(
 
 def guided_loss(
     parts: ToyPriorParts, images: Tensor, prompts: list[str], g: torch.Generator, targets: PosteriorTargets,
-    cfg: float, min_t: int,
+    cfg: float, min_t: int, max_t: int | None = None,
 ) -> Tensor:  # fmt: skip
     """Mean || guided(eps_theta) - guided(E[eps | x_t, .]) ||^2 over captioned examples x [B, 3, H, W] noised at
-    t ~ U[min_t, T), where guided(e) = e(x_t, "") + cfg (e(x_t, y) - e(x_t, "")) is classifier-free guidance
+    t ~ U[min_t, max_t) (max_t: the schedule's T by default), where guided(e) = e(x_t, "") + cfg (e(x_t, y) - e(x_t, "")) is classifier-free guidance
     (Ho & Salimans 2022) and E[eps | x_t, .] the exact posterior targets of the training set. Its minimiser is
     the plain loss's (both are zero for the exact denoiser); it weights the cond-minus-empty error by cfg^2,
     as guided sampling and score distillation feel it."""
     b = images.shape[0]
-    t = torch.randint(min_t, parts.scheduler.config.num_train_timesteps, (b,), generator=g)
+    high = parts.scheduler.config.num_train_timesteps if max_t is None else max_t
+    t = torch.randint(min_t, high, (b,), generator=g)
     noisy = parts.scheduler.add_noise(images, torch.randn(images.shape, generator=g), t)
     abar = parts.scheduler.alphas_cumprod
     exact_c, exact_u = targets.eps(noisy, t, prompts, abar), targets.eps(noisy, t, [""] * b, abar)
@@ -445,6 +455,11 @@ def train(config: ToyTrainConfig) -> TrainResult:
             loss = loss + config.guided_weight * guided_loss(
                 parts, images[guided_index], guided_prompts, g, targets, config.guided_cfg, config.guided_min_t
             )
+            if config.guided_low_batch:
+                low_index, low_prompts = draw_batch(data, config.guided_low_batch, 0.0, uncond_weights, g, cond_weights)
+                loss = loss + config.guided_weight * guided_loss(
+                    parts, images[low_index], low_prompts, g, targets, config.guided_cfg, 0, config.guided_min_t
+                )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
