@@ -189,6 +189,8 @@ def test_prompt_and_object_scales_reweight_the_draws(tmp_path):
         ({"guided_min_t": 1000}, "--guided-min-t 1000 leaves no timestep below the schedule's 1000"),
         ({"guided_batch": 0}, "--guided-batch must be positive"),
         ({"guided_low_batch": -1}, "--guided-low-batch must be >= 0, got -1"),
+        ({"cross_prompt_batch": -2}, "--cross-prompt-batch must be >= 0, got -2"),
+        ({"cross_prompt_min_t": 1000}, "--cross-prompt-min-t 1000 leaves no timestep below the schedule's 1000"),
         ({"guided_low_batch": 8, "guided_min_t": 0}, "--guided-low-batch 8 draws timesteps below --guided-min-t, which is 0"),
         ({"keep_init_below_t": 850}, "--keep-init-below-t 850 keeps the starting prior's predictions, and there is none"),
         ({"keep_init_below_t": -1}, "--keep-init-below-t must be >= 0, got -1"),
@@ -417,6 +419,10 @@ def test_training_uses_the_posterior_target_only_when_asked(tmp_path, monkeypatc
     both = train(ToyTrainConfig(out_dir=tmp_path / "d", guided_weight=1.0, guided_batch=2, guided_low_batch=2, **common))
     assert len(calls) == 12  # and the low-noise guided examples' two targets, each step
     assert both.losses[0] > guided.losses[0]  # same draws first, then a second guided loss is added
+    calls.clear()
+    cross = train(ToyTrainConfig(out_dir=tmp_path / "e", cross_prompt_batch=2, **common))
+    assert len(calls) == 3  # one exact target of the cross-prompt examples per step; the plain target is the noise
+    assert cross.losses[0] > plain.losses[0]
 
 
 def test_guided_loss_weights_the_cond_minus_empty_error_by_the_guidance_scale():
@@ -451,6 +457,36 @@ def test_guided_loss_weights_the_cond_minus_empty_error_by_the_guidance_scale():
     got = guided_loss(parts, images[:3], prompts, torch.Generator().manual_seed(0), targets, 7.5, 0, 50).item()
     assert got == pytest.approx((7.5 * 0.1) ** 2, abs=1e-6)
     assert len(seen_t) == 1 and seen_t[0].max() < 50 and seen_t[0].min() >= 0
+
+
+def test_cross_prompt_loss_asks_each_image_under_another_prompt_for_the_exact_target(monkeypatch):
+    """Each image is noised at t >= min_t and asked under a captioned prompt other than its own; the target is
+    that prompt's exact E[eps | x_t, y]: zero loss for the exact denoiser, d^2 for an error d."""
+    data = render_dataset(ToyDataConfig(views_per_prompt=6, resolution=8))
+    images = data.images.float() / 127.5 - 1
+    targets = PosteriorTargets(data, images, unconditional_weights(data, {}))
+    parts = build(dataclasses.replace(TINY_MODEL, resolution=8))
+    abar = parts.scheduler.alphas_cumprod
+    monkeypatch.setattr(train_module, "encode_prompts", lambda parts, prompts: list(prompts))  # the unet sees them
+    seen = []
+
+    def fake_unet(offset: float):
+        def unet(x, t, encoder_hidden_states):
+            seen.append((t, encoder_hidden_states))
+            return SimpleNamespace(sample=targets.eps(x, t, encoder_hidden_states, abar) + offset)
+
+        return unet
+
+    index = torch.arange(0, len(data), 3)
+    own = data.prompt_index[index]
+    for offset, expected in ((0.0, 0.0), (0.1, 0.01)):
+        parts.unet = fake_unet(offset)
+        got = train_module.cross_prompt_loss(parts, images[index], own, torch.Generator().manual_seed(0), targets, 700)
+        assert got.item() == pytest.approx(expected, abs=1e-6)
+    for t, prompts in seen:
+        assert t.min() >= 700
+        assert all(p != PROMPTS[int(k)] and p in PROMPTS for p, k in zip(prompts, own))
+    assert len({p for _, prompts in seen for p in prompts}) == len(PROMPTS)  # every prompt is asked
 
 
 def test_keep_init_below_t_fits_the_teachers_own_prediction_there_and_the_plain_target_above():

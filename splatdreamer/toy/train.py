@@ -54,6 +54,8 @@ TRAIN_BOUNDS: dict[str, Bound] = {
     "guided_min_t": NON_NEGATIVE,
     "guided_batch": POSITIVE,
     "guided_low_batch": NON_NEGATIVE,
+    "cross_prompt_batch": NON_NEGATIVE,
+    "cross_prompt_min_t": NON_NEGATIVE,
     "keep_init_below_t": NON_NEGATIVE,
     "keep_init_weight": NON_NEGATIVE,
     "ema_decay": Bound(0, 1, open_high=True),
@@ -139,6 +141,15 @@ class ToyTrainConfig:
     every step, and below guided_min_t guidance multiplies the cond-minus-empty error by s - 1 just as above it:
     the guided fine-tunes drew the red ball pale at CFG 7.5 (colour error 0.045) from those steps, and right at
     CFG 1. Added to the guided_batch examples at t >= guided_min_t, which keep their share of the loss."""
+    cross_prompt_batch: int = 0
+    """Examples per step of another prompt's image under a captioned prompt (0: off), noised at t >=
+    cross_prompt_min_t and fitted to the exact E[eps | x_t, y] of the prompt's own images (`cross_prompt_loss`).
+    Score distillation asks the prior about renders that are not yet the prompt's object (a yellow ball under
+    "a red ball"), and the exact denoiser pulls them to the prompt; the data alone never shows the network
+    such a pair, and the guided fine-tunes lost that pull below t = 850 (`scripts/measure_high_t_pull.py
+    --prompt "a red ball"`, docs/benchmarks.md)."""
+    cross_prompt_min_t: int = 700
+    """Lowest timestep of the cross-prompt examples."""
     init_from: Path | None = None
     """Start from the weights of this prior directory (same model sizes) instead of a fresh initialisation."""
     keep_init_below_t: int = 0
@@ -186,6 +197,9 @@ class ToyTrainConfig:
         if self.guided_min_t >= TRAIN_TIMESTEPS:
             raise ConfigError(f"--guided-min-t {self.guided_min_t} leaves no timestep below the schedule's "
                               f"{TRAIN_TIMESTEPS}; use e.g. 850")  # fmt: skip
+        if self.cross_prompt_min_t >= TRAIN_TIMESTEPS:
+            raise ConfigError(f"--cross-prompt-min-t {self.cross_prompt_min_t} leaves no timestep below the "
+                              f"schedule's {TRAIN_TIMESTEPS}; use e.g. 700")  # fmt: skip
         if self.guided_low_batch and self.guided_min_t == 0:
             raise ConfigError(f"--guided-low-batch {self.guided_low_batch} draws timesteps below --guided-min-t, "
                               "which is 0; raise --guided-min-t (e.g. 850) or leave --guided-low-batch at 0")  # fmt: skip
@@ -317,6 +331,22 @@ def guided_loss(
     return F.mse_loss(pred_u + cfg * (pred_c - pred_u), exact_u + cfg * (exact_c - exact_u))
 
 
+def cross_prompt_loss(
+    parts: ToyPriorParts, images: Tensor, own: Tensor, g: torch.Generator, targets: PosteriorTargets, min_t: int,
+) -> Tensor:  # fmt: skip
+    """Mean || eps_theta(x_t, t, y) - E[eps | x_t, y] ||^2 over images x [B, 3, H, W] of the prompts `own` [B]
+    (indices into PROMPTS), each asked under another captioned prompt y, drawn uniformly, at t ~ U[min_t, T)."""
+    b = images.shape[0]
+    other = torch.randint(0, len(PROMPTS) - 1, (b,), generator=g)
+    other = other + (other >= own).long()  # every prompt but the image's own, equally often
+    prompts = [PROMPTS[int(k)] for k in other]
+    t = torch.randint(min_t, parts.scheduler.config.num_train_timesteps, (b,), generator=g)
+    noisy = parts.scheduler.add_noise(images, torch.randn(images.shape, generator=g), t)
+    target = targets.eps(noisy, t, prompts, parts.scheduler.alphas_cumprod)
+    pred = parts.unet(noisy, t, encoder_hidden_states=encode_prompts(parts, prompts)).sample
+    return F.mse_loss(pred, target)
+
+
 def read_training_record(prior_dir: Path) -> dict | None:
     """The training.json `toy train` wrote into prior_dir, or None where there is none (a prior from elsewhere)
     or it cannot be read; a fine-tune's record then starts at itself."""
@@ -401,7 +431,7 @@ def train(config: ToyTrainConfig) -> TrainResult:
     uncond_weights = unconditional_weights(data, config.uncond_object_scale)
     # None keeps the uniform draw (randint), so runs without --prompt-scale draw the batches they always drew.
     cond_weights = conditional_weights(data, config.prompt_scale) if config.prompt_scale else None
-    exact = config.target == "posterior" or config.guided_weight > 0
+    exact = config.target == "posterior" or config.guided_weight > 0 or config.cross_prompt_batch > 0
     targets = PosteriorTargets(data, images, uncond_weights) if exact else None
 
     parts = build(config.model, seed=config.seed)
@@ -460,6 +490,11 @@ def train(config: ToyTrainConfig) -> TrainResult:
                 loss = loss + config.guided_weight * guided_loss(
                     parts, images[low_index], low_prompts, g, targets, config.guided_cfg, 0, config.guided_min_t
                 )
+        if config.cross_prompt_batch:
+            cross = torch.randint(0, len(data), (config.cross_prompt_batch,), generator=g)
+            loss = loss + cross_prompt_loss(
+                parts, images[cross], data.prompt_index[cross], g, targets, config.cross_prompt_min_t
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
