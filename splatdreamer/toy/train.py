@@ -200,6 +200,9 @@ class ToyTrainConfig:
         if self.cross_prompt_min_t >= TRAIN_TIMESTEPS:
             raise ConfigError(f"--cross-prompt-min-t {self.cross_prompt_min_t} leaves no timestep below the "
                               f"schedule's {TRAIN_TIMESTEPS}; use e.g. 700")  # fmt: skip
+        if self.guided_low_batch and not self.guided_weight:
+            raise ConfigError(f"--guided-low-batch {self.guided_low_batch} adds examples to the guided loss, which "
+                              "is off; set --guided-weight (e.g. 1) or leave --guided-low-batch at 0")  # fmt: skip
         if self.guided_low_batch and self.guided_min_t == 0:
             raise ConfigError(f"--guided-low-batch {self.guided_low_batch} draws timesteps below --guided-min-t, "
                               "which is 0; raise --guided-min-t (e.g. 850) or leave --guided-low-batch at 0")  # fmt: skip
@@ -315,8 +318,8 @@ def guided_loss(
     cfg: float, min_t: int, max_t: int | None = None,
 ) -> Tensor:  # fmt: skip
     """Mean || guided(eps_theta) - guided(E[eps | x_t, .]) ||^2 over captioned examples x [B, 3, H, W] noised at
-    t ~ U[min_t, max_t) (max_t: the schedule's T by default), where guided(e) = e(x_t, "") + cfg (e(x_t, y) - e(x_t, "")) is classifier-free guidance
-    (Ho & Salimans 2022) and E[eps | x_t, .] the exact posterior targets of the training set. Its minimiser is
+    t ~ U[min_t, max_t) (max_t: the schedule's T by default), where guided(e) = e(x_t, "") + cfg (e(x_t, y) -
+    e(x_t, "")) is classifier-free guidance (Ho & Salimans 2022) and E[eps | x_t, .] the exact posterior targets of the training set. Its minimiser is
     the plain loss's (both are zero for the exact denoiser); it weights the cond-minus-empty error by cfg^2,
     as guided sampling and score distillation feel it."""
     b = images.shape[0]
