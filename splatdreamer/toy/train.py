@@ -319,9 +319,9 @@ def guided_loss(
 ) -> Tensor:  # fmt: skip
     """Mean || guided(eps_theta) - guided(E[eps | x_t, .]) ||^2 over captioned examples x [B, 3, H, W] noised at
     t ~ U[min_t, max_t) (max_t: the schedule's T by default), where guided(e) = e(x_t, "") + cfg (e(x_t, y) -
-    e(x_t, "")) is classifier-free guidance (Ho & Salimans 2022) and E[eps | x_t, .] the exact posterior targets of the training set. Its minimiser is
-    the plain loss's (both are zero for the exact denoiser); it weights the cond-minus-empty error by cfg^2,
-    as guided sampling and score distillation feel it."""
+    e(x_t, "")) is classifier-free guidance (Ho & Salimans 2022) and E[eps | x_t, .] the exact posterior targets
+    of the training set. Its minimiser is the plain loss's (both are zero for the exact denoiser); it weights the
+    cond-minus-empty error by cfg^2, as guided sampling and score distillation feel it."""
     b = images.shape[0]
     high = parts.scheduler.config.num_train_timesteps if max_t is None else max_t
     t = torch.randint(min_t, high, (b,), generator=g)
