@@ -425,6 +425,13 @@ def test_training_uses_the_posterior_target_only_when_asked(tmp_path, monkeypatc
     cross = train(ToyTrainConfig(out_dir=tmp_path / "e", cross_prompt_batch=2, **common))
     assert len(calls) == 3  # one exact target of the cross-prompt examples per step; the plain target is the noise
     assert cross.losses[0] > plain.losses[0]
+    calls.clear()
+    shaped = train(
+        ToyTrainConfig(out_dir=tmp_path / "f", cross_prompt_batch=2, cross_prompt_pairs="same-shape", **common)
+    )
+    assert len(calls) == 3
+    assert shaped.losses != cross.losses  # the same plain batches, other cross-prompt pairs
+    assert json.loads((tmp_path / "f" / "training.json").read_text())["config"]["cross_prompt_pairs"] == "same-shape"
 
 
 def test_guided_loss_weights_the_cond_minus_empty_error_by_the_guidance_scale():
@@ -489,6 +496,35 @@ def test_cross_prompt_loss_asks_each_image_under_another_prompt_for_the_exact_ta
         assert t.min() >= 700
         assert all(p != PROMPTS[int(k)] and p in PROMPTS for p, k in zip(prompts, own))
     assert len({p for _, prompts in seen for p in prompts}) == len(PROMPTS)  # every prompt is asked
+    seen.clear()  # --cross-prompt-pairs same-shape: a ball only under ball prompts, a cube only under the other cube
+    partners = train_module.cross_partners("same-shape")
+    index = torch.arange(len(data)).repeat(4)
+    index = index[torch.tensor([bool(partners[int(k)]) for k in data.prompt_index[index]])]
+    got = train_module.cross_prompt_loss(
+        parts, images[index], data.prompt_index[index], torch.Generator().manual_seed(1), targets, 700, partners
+    )
+    assert got.item() == pytest.approx(0.01, abs=1e-6)
+    (_, prompts), = seen
+    asked = {}
+    for p, k in zip(prompts, data.prompt_index[index]):
+        asked.setdefault(PROMPTS[int(k)], set()).add(p)
+    balls = {"a red ball", "a yellow ball", "a green ball", "a blue ball", "a ball"}
+    assert asked == {
+        **{b: balls - {b} for b in balls}, "a blue cube": {"a two-tone cube"}, "a two-tone cube": {"a blue cube"}
+    }
+
+
+def test_cross_partners_pair_prompts_by_shape_or_all():
+    """"all" pairs each prompt with every other one; "same-shape" with those of its shape only (the cone with
+    none), read from the objects themselves."""
+    every = train_module.cross_partners("all")
+    assert all(sorted(every[i]) == [j for j in range(len(PROMPTS)) if j != i] for i in range(len(PROMPTS)))
+    same = train_module.cross_partners("same-shape")
+    named = {PROMPTS[i]: {PROMPTS[j] for j in same[i]} for i in range(len(PROMPTS))}
+    assert named["a green cone"] == set()
+    assert named["a blue cube"] == {"a two-tone cube"}
+    assert named["a ball"] == {"a red ball", "a yellow ball", "a green ball", "a blue ball"}
+    assert named["a red ball"] == {"a yellow ball", "a green ball", "a blue ball", "a ball"}
 
 
 def test_keep_init_below_t_fits_the_teachers_own_prediction_there_and_the_plain_target_above():

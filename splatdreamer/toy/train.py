@@ -33,7 +33,7 @@ from splatdreamer.toy.exact import eps_from_x0, posterior_mean
 from splatdreamer.toy.model import (
     TRAIN_TIMESTEPS, ToyModelConfig, ToyPriorParts, build, build_tokenizer, encode_prompts, load, save,
 )  # fmt: skip
-from splatdreamer.toy.objects import PROMPTS
+from splatdreamer.toy.objects import PROMPTS, variants
 
 # The schedules diffusers' DDPMScheduler implements in every version this project supports (>= 0.30).
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
@@ -150,6 +150,12 @@ class ToyTrainConfig:
     --prompt "a red ball"`, docs/benchmarks.md)."""
     cross_prompt_min_t: int = 700
     """Lowest timestep of the cross-prompt examples."""
+    cross_prompt_pairs: Literal["all", "same-shape"] = "all"
+    """Which prompts an image is asked under by the cross-prompt loss. "all": every other captioned prompt.
+    "same-shape": only the prompts whose objects have the image's shape (a yellow ball under "a red ball" or
+    "a ball", the blue cube under "a two-tone cube"), so the question is the colour alone; the cone has no
+    such partner and is left out. With "all", a cube asked under "a red ball" is answered by the red balls
+    nearest a cube, and the fine-tune X drew its red balls too big (size 1.35, docs/benchmarks.md)."""
     init_from: Path | None = None
     """Start from the weights of this prior directory (same model sizes) instead of a fresh initialisation."""
     keep_init_below_t: int = 0
@@ -334,14 +340,30 @@ def guided_loss(
     return F.mse_loss(pred_u + cfg * (pred_c - pred_u), exact_u + cfg * (exact_c - exact_u))
 
 
+def cross_partners(pairs: str) -> list[list[int]]:
+    """For each prompt (an index into PROMPTS), the captioned prompts the cross-prompt loss asks its images
+    under: every other one ("all"), or ("same-shape") the others whose objects have its shape."""
+    shapes = [{v.name.split()[-1] for v in variants(p)} for p in PROMPTS]
+    return [
+        [j for j in range(len(PROMPTS)) if j != i and (pairs == "all" or shapes[j] == shapes[i])]
+        for i in range(len(PROMPTS))
+    ]
+
+
 def cross_prompt_loss(
     parts: ToyPriorParts, images: Tensor, own: Tensor, g: torch.Generator, targets: PosteriorTargets, min_t: int,
+    partners: list[list[int]] | None = None,
 ) -> Tensor:  # fmt: skip
     """Mean || eps_theta(x_t, t, y) - E[eps | x_t, y] ||^2 over images x [B, 3, H, W] of the prompts `own` [B]
-    (indices into PROMPTS), each asked under another captioned prompt y, drawn uniformly, at t ~ U[min_t, T)."""
+    (indices into PROMPTS), each asked under another captioned prompt y at t ~ U[min_t, T): drawn uniformly from
+    every other prompt, or from `partners[own]` (`cross_partners`; each image's list must not be empty)."""
     b = images.shape[0]
-    other = torch.randint(0, len(PROMPTS) - 1, (b,), generator=g)
-    other = other + (other >= own).long()  # every prompt but the image's own, equally often
+    if partners is None:
+        other = torch.randint(0, len(PROMPTS) - 1, (b,), generator=g)
+        other = other + (other >= own).long()  # every prompt but the image's own, equally often
+    else:
+        pick = torch.rand(b, generator=g)
+        other = torch.tensor([partners[int(k)][int(u * len(partners[int(k)]))] for k, u in zip(own, pick)])
     prompts = [PROMPTS[int(k)] for k in other]
     t = torch.randint(min_t, parts.scheduler.config.num_train_timesteps, (b,), generator=g)
     noisy = parts.scheduler.add_noise(images, torch.randn(images.shape, generator=g), t)
@@ -436,6 +458,11 @@ def train(config: ToyTrainConfig) -> TrainResult:
     cond_weights = conditional_weights(data, config.prompt_scale) if config.prompt_scale else None
     exact = config.target == "posterior" or config.guided_weight > 0 or config.cross_prompt_batch > 0
     targets = PosteriorTargets(data, images, uncond_weights) if exact else None
+    # The cross-prompt examples: "all" keeps the plain draw over every image (None), as X was trained.
+    partners = cross_partners(config.cross_prompt_pairs) if config.cross_prompt_pairs != "all" else None
+    askable = torch.arange(len(data))
+    if partners is not None:
+        askable = askable[torch.tensor([bool(partners[int(k)]) for k in data.prompt_index])]
 
     parts = build(config.model, seed=config.seed)
     teacher = None  # the starting prior itself, frozen, where --keep-init-below-t holds the fine-tune to it
@@ -494,9 +521,9 @@ def train(config: ToyTrainConfig) -> TrainResult:
                     parts, images[low_index], low_prompts, g, targets, config.guided_cfg, 0, config.guided_min_t
                 )
         if config.cross_prompt_batch:
-            cross = torch.randint(0, len(data), (config.cross_prompt_batch,), generator=g)
+            cross = askable[torch.randint(0, len(askable), (config.cross_prompt_batch,), generator=g)]
             loss = loss + cross_prompt_loss(
-                parts, images[cross], data.prompt_index[cross], g, targets, config.cross_prompt_min_t
+                parts, images[cross], data.prompt_index[cross], g, targets, config.cross_prompt_min_t, partners
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
