@@ -1,0 +1,140 @@
+"""The toy preset's 3D loop against a perfect prior: is a gap between VSD and SDS the trained prior's or the loop's?
+
+`toy eval` scores VSD and SDS on the trained toy prior, so a result mixes what the loop does with what the
+network gets wrong. This script runs the same generations (the toy preset, `toy eval`'s table and scoring)
+with no network at all: eps_pretrained is the exact denoiser of the toy prior's own training images
+(`toy.exact.ExactPrior`: each prompt's images, and every image under the empty prompt, weighted by
+`--uncond-object-scale` as `toy train` weights them), and VSD's phi is the exact, camera-aware score of all the
+particles seen from each sample's camera (`toy.exact.camera_phi`), what a perfectly fitted LoRA would give.
+
+It also prints what the exact prior's own ancestral samples look like at each method's CFG: their size (mean
+silhouette area over the truth's from generation's camera distribution, `measure.size_ratio`), because
+classifier-free guidance at high noise favours close views of an object, and score distillation then draws
+the object bigger to match.
+
+    python scripts/measure_exact_world.py --prompts "a red ball" "a ball" --methods vsd-7.5 sds-7.5 \\
+        --seeds 0 1 2 --uncond-object-scale "blue cube=0.5,red ball=1.3,green ball=1.3,yellow ball=0.93,blue ball=0.95"
+
+`--cfg-max-t T` guides only at t <= T, as `splatdreamer generate --vsd.cfg-max-t`. `--prior DIR` puts a trained
+prior (a `toy train` directory, or `toy`) in the exact prior's place and keeps VSD's phi exact, so that with
+`toy eval` on the same prior (the LoRA phi) the three runs split VSD's gap to SDS into the loop's, the prior's
+and phi's shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler
+
+from splatdreamer import cameras as cams
+from splatdreamer import presets
+from splatdreamer import splats as S
+from splatdreamer.generate import Generation, resolve_prior_name
+from splatdreamer.preview import render_views
+from splatdreamer.toy import measure
+from splatdreamer.toy.data import ToyDataConfig, load_or_render, unconditional_weights
+from splatdreamer.toy.data import render_views as render_truth
+from splatdreamer.toy.evaluate import Row, colors_table, parse_method, score_particle, table
+from splatdreamer.prior import DiffusionPrior
+from splatdreamer.toy.exact import ExactPrior, WithExactPhi, camera_phi, exact_eps, guided_samples
+from splatdreamer.toy.objects import EVAL_PROMPTS, PROMPTS, variants
+
+
+def parse_scale(text: str) -> dict[str, float]:
+    """'blue cube=0.5,red ball=1.3' -> {'blue cube': 0.5, 'red ball': 1.3}; '' -> {}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        out[name.strip()] = float(value)
+    return out
+
+
+def guided_size(prompt: str, images: torch.Tensor, mine: torch.Tensor, uncond_weights: torch.Tensor,
+                scheduler: DDPMScheduler, cfg: float, cfg_max_t: int | None, samples: int) -> float:  # fmt: skip
+    """Mean size of the exact prior's guided ancestral samples of `prompt` (50 DDPM steps, seed 0)."""
+    abar = scheduler.alphas_cumprod
+    cond = exact_eps(images[mine] * 2 - 1, torch.ones(len(mine)), abar)
+    uncond = exact_eps(images * 2 - 1, uncond_weights, abar)
+    if cfg_max_t is None:
+        x = guided_samples(cond, uncond, scheduler, (samples, *images.shape[1:]), cfg, 50, torch.Generator().manual_seed(0))
+    else:
+        from splatdreamer.toy.sample import ancestral_sample
+
+        def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            e_u = uncond(x_t, int(t))
+            return e_u + (cfg if int(t) <= cfg_max_t else 1.0) * (cond(x_t, int(t)) - e_u)
+
+        x = ancestral_sample(eps, scheduler, (samples, *images.shape[1:]), 50, torch.Generator().manual_seed(0))
+    size = images.shape[-1]
+    references = cams.sample(48, cams.DEFAULT_RANGES, size, size, torch.Generator().manual_seed(1))
+    truth = torch.cat([measure.foreground(render_truth(v, references)) for v in variants(prompt)])
+    return measure.size_ratio(measure.foreground(x, measure.border_color(x)), truth).mean().item()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", nargs="+", default=list(EVAL_PROMPTS))
+    ap.add_argument("--methods", nargs="+", default=["vsd-7.5", "sds-7.5"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=None, help="3D steps (default: the toy preset's)")
+    ap.add_argument("--cfg-max-t", type=int, default=None, help="guide only at t <= this (default: every t)")
+    ap.add_argument("--uncond-object-scale", default="", help='factors on objects under "", "name=f,name=f"')
+    ap.add_argument("--samples", type=int, default=64, help="ancestral samples for the size line (0: none)")
+    ap.add_argument("--data-dir", default=".toydata", help="cache of the rendered dataset (as `toy train`)")
+    ap.add_argument("--prior", default="exact", help="exact (default), or a trained prior (DIR or toy) with exact phi")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    data = load_or_render(ToyDataConfig(), args.data_dir)
+    images = data.images.float() / 255
+    uncond_weights = unconditional_weights(data, parse_scale(args.uncond_object_scale))
+    scheduler = DDPMScheduler.from_pretrained(resolve_prior_name("toy"), subfolder="scheduler")
+    front = cams.turntable(1, 64, 64, elevation=15.0)
+    rows = []
+    for prompt in args.prompts:
+        mine = (data.prompt_index == PROMPTS.index(prompt)).nonzero()[:, 0]
+        sets = {"": (images, uncond_weights), prompt: (images[mine], torch.ones(len(mine)))}
+        for method in args.methods:
+            mode, cfg = parse_method(method)
+            if args.samples and args.prior == "exact":
+                size = guided_size(prompt, images, mine, uncond_weights, scheduler, cfg, args.cfg_max_t, args.samples)
+                print(f"exact prior's own samples of {prompt!r} at CFG {cfg:g}: size {size:.2f}", flush=True)
+            for seed in args.seeds:
+                config = copy.deepcopy(presets.toy())
+                config.prompt, config.seed = prompt, seed
+                if args.steps is not None:
+                    config.steps = args.steps
+                    config.vsd = dataclasses.replace(config.vsd, anneal_step=args.steps // 2)
+                config.vsd = dataclasses.replace(config.vsd, mode=mode, cfg_scale=cfg, cfg_max_t=args.cfg_max_t)
+                if args.prior == "exact":
+                    prior = ExactPrior(sets, scheduler.alphas_cumprod)
+                else:
+                    prior = WithExactPhi(DiffusionPrior.from_pretrained(resolve_prior_name(args.prior)))
+                start = time.perf_counter()
+                with tempfile.TemporaryDirectory() as run_dir:
+                    run = Generation(config, Path(run_dir), prior=prior)
+                    if mode == "vsd":
+                        prior.phi_renders = camera_phi(run)
+                    for _ in range(config.steps):
+                        run.train_step()
+                seconds = time.perf_counter() - start
+                scores = [score_particle(p, prompt, 64) for p in run.particles]
+                shown = torch.cat([render_views(S.detached_copy(p).cpu(), front) for p in run.particles])
+                covered = len({s.variant for s in scores if s.pure})
+                rows.append(Row(prompt, method, seed, scores, covered, seconds, shown))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print(table(rows))
+    if colors := colors_table(rows):
+        print("\n" + colors)
+
+
+if __name__ == "__main__":
+    main()
