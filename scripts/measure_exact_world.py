@@ -78,7 +78,7 @@ def guided_size(prompt: str, images: torch.Tensor, mine: torch.Tensor, uncond_we
     return measure.size_ratio(measure.foreground(x, measure.border_color(x)), truth).mean().item()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", nargs="+", default=list(EVAL_PROMPTS))
     ap.add_argument("--methods", nargs="+", default=["vsd-7.5", "sds-7.5"])
@@ -88,12 +88,14 @@ def main() -> None:
     ap.add_argument("--uncond-object-scale", default="", help='factors on objects under "", "name=f,name=f"')
     ap.add_argument("--samples", type=int, default=64, help="ancestral samples for the size line (0: none)")
     ap.add_argument("--data-dir", default=".toydata", help="cache of the rendered dataset (as `toy train`)")
+    ap.add_argument("--views-per-prompt", type=int, default=ToyDataConfig.views_per_prompt,
+                    help="training images per prompt (default: the toy prior's)")
     ap.add_argument("--prior", default="exact", help="exact (default), or a trained prior (DIR or toy) with exact phi")
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    data = load_or_render(ToyDataConfig(), args.data_dir)
+    data = load_or_render(ToyDataConfig(views_per_prompt=args.views_per_prompt), args.data_dir)
     images = data.images.float() / 255
     uncond_weights = unconditional_weights(data, parse_scale(args.uncond_object_scale))
     scheduler = DDPMScheduler.from_pretrained(resolve_prior_name("toy"), subfolder="scheduler")
