@@ -39,21 +39,13 @@ from splatdreamer import splats as S
 from splatdreamer.generate import Generation, resolve_prior_name
 from splatdreamer.preview import render_views
 from splatdreamer.toy import measure
-from splatdreamer.toy.data import ToyDataConfig, load_or_render, unconditional_weights
+from splatdreamer.toy.data import ToyDataConfig, load_or_render, parse_object_scale, unconditional_weights
 from splatdreamer.toy.data import render_views as render_truth
 from splatdreamer.toy.evaluate import Row, colors_table, parse_method, score_particle, table
 from splatdreamer.prior import DiffusionPrior
-from splatdreamer.toy.exact import ExactPrior, WithExactPhi, camera_phi, exact_eps, guided_samples
+from splatdreamer.toy.exact import ExactPrior, WithExactPhi, camera_phi, exact_eps
 from splatdreamer.toy.objects import EVAL_PROMPTS, PROMPTS, variants
-
-
-def parse_scale(text: str) -> dict[str, float]:
-    """'blue cube=0.5,red ball=1.3' -> {'blue cube': 0.5, 'red ball': 1.3}; '' -> {}."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        out[name.strip()] = float(value)
-    return out
+from splatdreamer.toy.sample import ancestral_sample
 
 
 def guided_size(prompt: str, images: torch.Tensor, mine: torch.Tensor, uncond_weights: torch.Tensor,
@@ -62,16 +54,12 @@ def guided_size(prompt: str, images: torch.Tensor, mine: torch.Tensor, uncond_we
     abar = scheduler.alphas_cumprod
     cond = exact_eps(images[mine] * 2 - 1, torch.ones(len(mine)), abar)
     uncond = exact_eps(images * 2 - 1, uncond_weights, abar)
-    if cfg_max_t is None:
-        x = guided_samples(cond, uncond, scheduler, (samples, *images.shape[1:]), cfg, 50, torch.Generator().manual_seed(0))
-    else:
-        from splatdreamer.toy.sample import ancestral_sample
 
-        def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            e_u = uncond(x_t, int(t))
-            return e_u + (cfg if int(t) <= cfg_max_t else 1.0) * (cond(x_t, int(t)) - e_u)
+    def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # CFG only at t <= cfg_max_t, as --vsd.cfg-max-t
+        e_u = uncond(x_t, int(t))
+        return e_u + (cfg if cfg_max_t is None or int(t) <= cfg_max_t else 1.0) * (cond(x_t, int(t)) - e_u)
 
-        x = ancestral_sample(eps, scheduler, (samples, *images.shape[1:]), 50, torch.Generator().manual_seed(0))
+    x = ancestral_sample(eps, scheduler, (samples, *images.shape[1:]), 50, torch.Generator().manual_seed(0))
     size = images.shape[-1]
     references = cams.sample(48, cams.DEFAULT_RANGES, size, size, torch.Generator().manual_seed(1))
     truth = torch.cat([measure.foreground(render_truth(v, references)) for v in variants(prompt)])
@@ -97,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 
     data = load_or_render(ToyDataConfig(views_per_prompt=args.views_per_prompt), args.data_dir)
     images = data.images.float() / 255
-    uncond_weights = unconditional_weights(data, parse_scale(args.uncond_object_scale))
+    uncond_weights = unconditional_weights(data, parse_object_scale(args.uncond_object_scale))
     scheduler = DDPMScheduler.from_pretrained(resolve_prior_name("toy"), subfolder="scheduler")
     front = cams.turntable(1, 64, 64, elevation=15.0)
     rows = []

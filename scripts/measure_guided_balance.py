@@ -23,19 +23,10 @@ import torch
 from diffusers import DDPMScheduler
 
 from splatdreamer.generate import resolve_prior_name
-from splatdreamer.toy.data import ToyDataConfig, load_or_render, unconditional_weights
+from splatdreamer.toy.data import ToyDataConfig, load_or_render, parse_object_scale, unconditional_weights
 from splatdreamer.toy.exact import exact_eps, guided_samples
 from splatdreamer.toy.image_sampler import COLOR_NAMES, EMPTY, OTHER, classify_colors
 from splatdreamer.toy.objects import PROMPTS
-
-
-def parse_scale(text: str) -> dict[str, float]:
-    """'blue cube=0.5,red ball=1.3' -> {'blue cube': 0.5, 'red ball': 1.3}; '' -> {}."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        out[name.strip()] = float(value)
-    return out
 
 
 def main() -> None:
@@ -60,7 +51,7 @@ def main() -> None:
     print(f"| empty-prompt scale | CFG | {' | '.join(names)} |")
     print("|---|---|" + "---|" * len(names))
     for text in args.scale:
-        uncond = exact_eps(images, unconditional_weights(data, parse_scale(text)), abar)
+        uncond = exact_eps(images, unconditional_weights(data, parse_object_scale(text)), abar)
         for w in args.cfg:
             start = time.time()
             shape = (args.samples, *images.shape[1:])

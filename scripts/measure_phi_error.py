@@ -50,7 +50,8 @@ def phi_errors(run: Generation, timesteps=TIMESTEPS, draws: int = 8, seed: int =
             x_t = run.prior.add_noise(x0, noise, t)
             exact = exact_phi_of_views(views, run.prior.encode_images, x_t, t, run.prior.alphas_cumprod)
             sums["phi"] += (run.prior.eps_phi(x_t, t, text, condition) - exact).pow(2).mean().item() / draws
-            sums["signal"] += (run.prior.eps_pretrained(x_t, t, text, negative, cfg) - exact).pow(2).mean().item() / draws
+            guided = run.prior.eps_pretrained(x_t, t, text, negative, cfg)
+            sums["signal"] += (guided - exact).pow(2).mean().item() / draws
             sums["noise"] += (noise - exact).pow(2).mean().item() / draws
         out[tv] = sums
     return out
@@ -78,8 +79,11 @@ def main(argv: list[str] | None = None) -> None:
             run.train_step()
             if step in args.at:
                 e = phi_errors(run)
-                cells = [f"{e[t]['phi']:.4f} / {e[t]['signal']:.4f} ({e[t]['phi'] / e[t]['signal']:.2f}), {e[t]['noise']:.4f}"
-                         for t in TIMESTEPS]  # fmt: skip
+                cells = [
+                    f"{e[t]['phi']:.4f} / {e[t]['signal']:.4f} ({e[t]['phi'] / e[t]['signal']:.2f}), "
+                    f"{e[t]['noise']:.4f}"
+                    for t in TIMESTEPS
+                ]
                 print(f"| {step} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -51,3 +51,16 @@ def test_3d_runs_against_the_exact_prior_print_scored_rows(tmp_path, capsys):
     for row in rows:
         iou = float(re.split(r"\s*\|\s*", row)[4])
         assert 0.0 < iou <= 1.0, row
+
+
+def test_object_scale_text_parses_and_refuses_what_toy_train_refuses():
+    import pytest
+
+    from splatdreamer.errors import ConfigError
+    from splatdreamer.toy.data import parse_object_scale
+
+    assert parse_object_scale("blue cube=0.5, red ball=1.3") == {"blue cube": 0.5, "red ball": 1.3}
+    assert parse_object_scale("") == {}
+    for bad in ("purple ball=2", "blue cube=0", "blue cube=x", "blue cube"):
+        with pytest.raises(ConfigError, match="takes factors in"):
+            parse_object_scale(bad)

@@ -173,6 +173,19 @@ def check_scale(what: str, scale: dict[str, float], known: Sequence[str]) -> dic
     return scale
 
 
+def parse_object_scale(text: str) -> dict[str, float]:
+    """'blue cube=0.5,red ball=1.3' -> {'blue cube': 0.5, 'red ball': 1.3} ('' -> {}): the object factors of
+    `unconditional_weights` as the measurement scripts take them, checked as `toy train` checks its own."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value) if sep else float("nan")
+        except ValueError:
+            out[name.strip()] = float("nan")
+    return check_scale("the object scale", out, world_objects())
+
+
 def unconditional_weights(dataset: ToyDataset, object_scale: dict[str, float] | None = None) -> Tensor:
     """[N] sampling weights under which every distinct object of the world is equally likely.
 
