@@ -24,7 +24,6 @@ and phi's shares.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import tempfile
 import time
@@ -35,17 +34,16 @@ from diffusers import DDPMScheduler
 
 from splatdreamer import cameras as cams
 from splatdreamer import presets
-from splatdreamer import splats as S
 from splatdreamer.generate import Generation, resolve_prior_name
-from splatdreamer.preview import render_views
+from splatdreamer.prior import DiffusionPrior
 from splatdreamer.toy import measure
 from splatdreamer.toy.data import ToyDataConfig, load_or_render, parse_object_scale, unconditional_weights
 from splatdreamer.toy.data import render_views as render_truth
-from splatdreamer.toy.evaluate import Row, colors_table, parse_method, score_particle, table
-from splatdreamer.prior import DiffusionPrior
+from splatdreamer.toy.evaluate import colors_table, parse_method, scored_row, table
 from splatdreamer.toy.exact import ExactPrior, WithExactPhi, camera_phi, exact_eps
 from splatdreamer.toy.objects import EVAL_PROMPTS, PROMPTS, variants
 from splatdreamer.toy.sample import ancestral_sample
+from splatdreamer.vsd import guidance_at
 
 
 def guided_size(prompt: str, images: torch.Tensor, mine: torch.Tensor, uncond_weights: torch.Tensor,
@@ -57,7 +55,7 @@ def guided_size(prompt: str, images: torch.Tensor, mine: torch.Tensor, uncond_we
 
     def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # CFG only at t <= cfg_max_t, as --vsd.cfg-max-t
         e_u = uncond(x_t, int(t))
-        return e_u + (cfg if cfg_max_t is None or int(t) <= cfg_max_t else 1.0) * (cond(x_t, int(t)) - e_u)
+        return e_u + guidance_at(t, cfg, cfg_max_t) * (cond(x_t, int(t)) - e_u)
 
     x = ancestral_sample(eps, scheduler, (samples, *images.shape[1:]), 50, torch.Generator().manual_seed(0))
     size = images.shape[-1]
@@ -87,7 +85,6 @@ def main(argv: list[str] | None = None) -> None:
     images = data.images.float() / 255
     uncond_weights = unconditional_weights(data, parse_object_scale(args.uncond_object_scale))
     scheduler = DDPMScheduler.from_pretrained(resolve_prior_name("toy"), subfolder="scheduler")
-    front = cams.turntable(1, 64, 64, elevation=15.0)
     rows = []
     for prompt in args.prompts:
         mine = (data.prompt_index == PROMPTS.index(prompt)).nonzero()[:, 0]
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                 size = guided_size(prompt, images, mine, uncond_weights, scheduler, cfg, args.cfg_max_t, args.samples)
                 print(f"exact prior's own samples of {prompt!r} at CFG {cfg:g}: size {size:.2f}", flush=True)
             for seed in args.seeds:
-                config = copy.deepcopy(presets.toy())
+                config = presets.toy()
                 config.prompt, config.seed = prompt, seed
                 if args.steps is not None:
                     config.steps = args.steps
@@ -115,11 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                         prior.phi_renders = camera_phi(run)
                     for _ in range(config.steps):
                         run.train_step()
-                seconds = time.perf_counter() - start
-                scores = [score_particle(p, prompt, 64) for p in run.particles]
-                shown = torch.cat([render_views(S.detached_copy(p).cpu(), front) for p in run.particles])
-                covered = len({s.variant for s in scores if s.pure})
-                rows.append(Row(prompt, method, seed, scores, covered, seconds, shown))
+                rows.append(scored_row(prompt, method, seed, run.particles, time.perf_counter() - start, 64))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
     if colors := colors_table(rows):

@@ -5,11 +5,13 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from splatdreamer.errors import ConfigError
 from splatdreamer.generate import resolve_prior_name
-from splatdreamer.toy.data import ToyDataConfig, load_or_render, unconditional_weights
+from splatdreamer.toy.data import ToyDataConfig, load_or_render, parse_object_scale, unconditional_weights
 from splatdreamer.toy.objects import PROMPTS
 
 SCRIPT = Path(__file__).parent.parent / "scripts" / "measure_exact_world.py"
@@ -54,11 +56,6 @@ def test_3d_runs_against_the_exact_prior_print_scored_rows(tmp_path, capsys):
 
 
 def test_object_scale_text_parses_and_refuses_what_toy_train_refuses():
-    import pytest
-
-    from splatdreamer.errors import ConfigError
-    from splatdreamer.toy.data import parse_object_scale
-
     assert parse_object_scale("blue cube=0.5, red ball=1.3") == {"blue cube": 0.5, "red ball": 1.3}
     assert parse_object_scale("") == {}
     for bad in ("purple ball=2", "blue cube=0", "blue cube=x", "blue cube"):

@@ -234,10 +234,17 @@ def run_one(config: ToyEvalConfig, prompt: str, method: str, seed: int) -> Row:
     particles = finished_run(gen) if config.reuse else None
     if particles is None:
         particles = generate(gen).particles
-    scores = [score_particle(p, prompt, config.size) for p in particles]
-    front = cams.turntable(1, config.size, config.size, elevation=15.0)
+    return scored_row(prompt, method, seed, particles, loop_seconds(gen.output.out_dir), config.size)
+
+
+def scored_row(
+    prompt: str, method: str, seed: int, particles: list[torch.nn.ParameterDict], seconds: float, size: int
+) -> Row:
+    """One run's line of the table: every particle scored against the prompt's objects at `size` px, the true
+    colours its pure particles cover, and a front view of each for the picture."""
+    scores = [score_particle(p, prompt, size) for p in particles]
+    front = cams.turntable(1, size, size, elevation=15.0)
     images = torch.cat([render_views(S.detached_copy(p).cpu(), front) for p in particles])
-    seconds = loop_seconds(gen.output.out_dir)
     covered = len({s.variant for s in scores if s.pure})
     return Row(prompt, method, seed, scores, covered, seconds, images)
 
