@@ -73,6 +73,10 @@ class VSDConfig:
     """Guide the pretrained score only at t <= this; above it the score is unguided (CFG 1), guidance in a limited
     interval (Kynkäänniemi et al. 2024). None: guidance at every t, as the official code. High-noise guidance
     decides little but which mode a sample takes, and there it sharpens the prior's leans (docs/benchmarks.md)."""
+    phi_min_t: int | None = None
+    """VSD asks phi only at t > this; at or below it the sampled noise stands in for eps_phi (SDS's gradient) and
+    phi's UNet does not run. None: phi at every t, as the official code. (docs/benchmarks.md, "phi only where
+    the particles' colours are chosen".)"""
     t_min: int = 20
     """Smallest timestep (official t_range 0.02 of 1000)."""
     t_max: int = 980
@@ -421,6 +425,7 @@ BOUNDS: dict[str, Bound] = {
     "vsd.anneal_step": NON_NEGATIVE,
     "vsd.t_jitter": Bound(0, 999),
     "vsd.cfg_max_t": Bound(0, 999),  # timesteps run 0..999
+    "vsd.phi_min_t": Bound(0, 999),
     "vsd.views_per_particle": Bound(0, 64, open_low=True),
     "vsd.grad_clip": POSITIVE,
     "splats.num_init": Bound(0, 10_000_000, open_low=True),  # 59 floats each: 2.4 GB per particle at the top

@@ -374,6 +374,7 @@ class Generation:
             cfg_max_t=cfg.vsd.cfg_max_t,
             generator=self.gen_dev,
             timer=timer,
+            phi_min_t=cfg.vsd.phi_min_t,
         )
         if not torch.isfinite(out.loss):
             raise NonFiniteError(

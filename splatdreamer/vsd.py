@@ -107,6 +107,23 @@ def surrogate_loss(latents: Tensor, grad: Tensor) -> Tensor:
     return 0.5 * ((latents - target) ** 2).sum() / latents.shape[0]
 
 
+def _eps_phi(
+    prior: DiffusionPrior, phi: PhiScore | None, x_t: Tensor, t: Tensor, text: TextEmbeddings, camera: Tensor,
+    phi_cfg_scale: float, noise: Tensor, phi_min_t: int | None,
+) -> Tensor:
+    """phi's eps for the samples with t > phi_min_t (all when None), SDS's noise for the others; phi runs on
+    the former only."""
+    asked = slice(None) if phi_min_t is None else torch.nonzero(t > phi_min_t).flatten()
+    n = len(t) if phi_min_t is None else len(asked)
+    eps = noise.clone()
+    if n:
+        if phi is None:
+            eps[asked] = prior.eps_phi(x_t[asked], t[asked], text.plain(n), camera[asked], phi_cfg_scale)
+        else:
+            eps[asked] = phi(x_t, t)[asked]
+    return eps
+
+
 def score_distillation(
     prior: DiffusionPrior,
     latents: Tensor,
@@ -122,6 +139,7 @@ def score_distillation(
     generator: torch.Generator | None = None,
     timer: Timer = NO_TIMER,
     phi: PhiScore | None = None,
+    phi_min_t: int | None = None,
 ) -> Distillation:
     """The VSD (or SDS) gradient for `latents` and its surrogate loss: the theta half of Algorithm 1.
 
@@ -140,6 +158,8 @@ def score_distillation(
     timer: times the pretrained and phi passes (`splatdreamer.timing`; the loop passes none).
     phi: VSD's eps_phi in place of the prior's LoRA model, e.g. the exact score of the particles' own mixture
         (`toy/exact.exact_phi`, the 2D diagnostic); None: `prior.eps_phi`.
+    phi_min_t: VSD asks phi only about the samples with t > phi_min_t; the others get SDS's gradient, the noise in
+        phi's place, and phi's UNet does not run for them (`VSDConfig.phi_min_t`). None: phi at every t.
     """
     if mode not in ("vsd", "sds"):
         raise ConfigError(f"unknown score-distillation mode {mode!r}; use 'vsd' or 'sds'")
@@ -154,10 +174,7 @@ def score_distillation(
             eps_pretrained = prior.eps_pretrained(x_t, t, y_c, text.negative(b), guidance_at(t, cfg_scale, cfg_max_t))
         if mode == "vsd":
             with timer.part("phi_forward"):
-                if phi is None:
-                    eps_phi = prior.eps_phi(x_t, t, text.plain(b), camera, phi_cfg_scale)
-                else:
-                    eps_phi = phi(x_t, t)
+                eps_phi = _eps_phi(prior, phi, x_t, t, text, camera, phi_cfg_scale, noise, phi_min_t)
         else:  # SDS (DreamFusion): the sampled noise stands in for phi's score
             eps_phi = noise
         weight = w(prior.alphas_cumprod, t).view(-1, *([1] * (latents.ndim - 1)))

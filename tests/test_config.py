@@ -39,6 +39,10 @@ def test_validate_rejects_bad_nested_values():
         config.vsd.cfg_max_t = bad
         with pytest.raises(ConfigError, match=match):
             config.validate()
+    config = GenerateConfig(prompt="a red ball")
+    config.vsd.phi_min_t = 1000
+    with pytest.raises(ConfigError, match=r"--vsd.phi-min-t must be in \[0, 999\], got 1000"):
+        config.validate()
 
 
 def test_every_preset_is_valid():

@@ -906,3 +906,16 @@ def test_the_colour_rate_decays_only_when_a_final_rate_is_set():
 
     assert rates(SplatConfig(lr_sh0=0.1, lr_sh0_final=0.001)) == pytest.approx([0.1, 0.01, 0.001])
     assert rates(SplatConfig(lr_sh0=0.1)) == pytest.approx([0.1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize(("phi_min_t", "calls"), [(None, 1), (999, 0)])
+def test_phi_min_t_reaches_the_score(tiny_prior, tmp_path, monkeypatch, phi_min_t, calls):
+    """--vsd.phi-min-t 999 (above t_max): the score never asks phi, which still learns the renders."""
+    run, captured = _capturing_run(tiny_prior, tmp_path, monkeypatch, 2, vsd={"phi_min_t": phi_min_t})
+    asked = []
+    real = run.prior.eps_phi
+    monkeypatch.setattr(run.prior, "eps_phi", lambda *a, **k: asked.append(1) or real(*a, **k))
+    before = [p.detach().clone() for p in run.prior.phi_parameters()]
+    run.train_step()
+    assert len(asked) == calls
+    assert any(not torch.equal(b, p) for b, p in zip(before, run.prior.phi_parameters()))

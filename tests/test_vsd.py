@@ -78,6 +78,18 @@ def test_cfg_max_t_guides_only_the_samples_at_or_below_it(prior):
     assert (guided[2] - unguided[2]).abs().max() > 1e-3  # CFG changes that sample, so the test can tell
 
 
+def test_phi_min_t_gives_sds_at_or_below_it_and_runs_phi_on_the_other_samples_only(prior, monkeypatch):
+    vsd_out, sds_out = distill(prior, "vsd")[0], distill(prior, "sds")[0]  # t = 50, 400, 900, the same noise
+    batches = []
+    eps_phi = prior.eps_phi
+    monkeypatch.setattr(prior, "eps_phi", lambda x_t, *a, **k: batches.append(len(x_t)) or eps_phi(x_t, *a, **k))
+    gated = distill(prior, "vsd", phi_min_t=400)[0]
+    torch.testing.assert_close(gated.grad[:2], sds_out.grad[:2])
+    torch.testing.assert_close(gated.grad[2:], vsd_out.grad[2:])
+    assert batches == [1]  # phi's UNet ran on the t = 900 sample alone
+    assert (vsd_out.grad - sds_out.grad).flatten(1).abs().amax(1).min() > 1e-3  # every sample tells them apart
+
+
 def test_gradient_reaches_the_renders_through_the_vae(latent_prior):
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
     text = latent_prior.text_embeddings("a blue cube")
