@@ -126,7 +126,7 @@ def run_3d(args: argparse.Namespace, alphas_cumprod: torch.Tensor) -> list[dict]
                         config.prompt, config.seed, config.steps = world, seed, args.steps
                         config.vsd = dataclasses.replace(
                             config.vsd, mode=mode, cfg_scale=cfg, anneal_step=args.steps // 2,
-                            t_schedule=args.t_schedule,
+                            t_schedule=args.t_schedule, phi_min_t=args.phi_min_t,
                         )  # fmt: skip
                         config.splats = dataclasses.replace(
                             config.splats, init_color="random" if init == "colors" else "grey",
@@ -184,6 +184,10 @@ def main() -> None:
     ap.add_argument("--phi", choices=("memory", "camera"), default="memory",
                     help="3d: VSD's exact phi, of the last step's renders (memory) or of all particles from each camera")
     ap.add_argument("--views", type=int, default=32, help="3d: cameras per ball in the exact prior's image set")
+    ap.add_argument(
+        "--phi-min-t", type=int, default=None,
+        help="3D: ask phi only at t > this (default: every t, as the runs in docs/benchmarks.md)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and the particles' images")
     args = ap.parse_args()
     if args.prior == "trained" and (args.space != "3d" or args.phi != "camera" or args.worlds != ["four"]):

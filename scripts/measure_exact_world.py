@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="3D steps (default: the toy preset's)")
     ap.add_argument("--cfg-max-t", type=int, default=None, help="guide only at t <= this (default: every t)")
+    ap.add_argument(
+        "--phi-min-t", type=int, default=None,
+        help="ask phi only at t > this (default: every t, as the runs in docs/benchmarks.md)",
+    )
     ap.add_argument("--uncond-object-scale", default="", help='factors on objects under "", "name=f,name=f"')
     ap.add_argument("--samples", type=int, default=64, help="ancestral samples for the size line (0: none)")
     ap.add_argument("--data-dir", default=".toydata", help="cache of the rendered dataset (as `toy train`)")
@@ -100,7 +104,9 @@ def main(argv: list[str] | None = None) -> None:
                 if args.steps is not None:
                     config.steps = args.steps
                     config.vsd = dataclasses.replace(config.vsd, anneal_step=args.steps // 2)
-                config.vsd = dataclasses.replace(config.vsd, mode=mode, cfg_scale=cfg, cfg_max_t=args.cfg_max_t)
+                config.vsd = dataclasses.replace(
+                    config.vsd, mode=mode, cfg_scale=cfg, cfg_max_t=args.cfg_max_t, phi_min_t=args.phi_min_t
+                )
                 if args.prior == "exact":
                     prior = ExactPrior(sets, scheduler.alphas_cumprod)
                 else:

@@ -64,11 +64,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="3D steps (default: the toy preset's)")
     ap.add_argument("--at", type=int, nargs="+", default=[30, 100, 200, 300], help="steps after which to measure")
+    ap.add_argument(
+        "--phi-min-t", type=int, default=None,
+        help="ask phi only at t > this (default: every t, as the runs in docs/benchmarks.md)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = presets.toy()
     config.prompt, config.seed, config.prior.name = args.prompt, args.seed, args.prior
+    config.vsd.phi_min_t = args.phi_min_t
     if args.steps is not None:
         config.steps = args.steps
     print("| step | " + " | ".join(f"t = {t}: phi / signal (ratio), noise" for t in TIMESTEPS) + " |")
