@@ -113,14 +113,18 @@ def _eps_phi(
 ) -> Tensor:
     """phi's eps for the samples with t > phi_min_t (all when None), SDS's noise for the others; phi runs on
     the former only."""
-    asked = slice(None) if phi_min_t is None else torch.nonzero(t > phi_min_t).flatten()
-    n = len(t) if phi_min_t is None else len(asked)
-    eps = noise.clone()
-    if n:
-        if phi is None:
-            eps[asked] = prior.eps_phi(x_t[asked], t[asked], text.plain(n), camera[asked], phi_cfg_scale)
-        else:
-            eps[asked] = phi(x_t, t)[asked]
+
+    def score(keep: slice | Tensor) -> Tensor:
+        if phi is not None:
+            return phi(x_t, t)[keep]
+        return prior.eps_phi(x_t[keep], t[keep], text.plain(len(t[keep])), camera[keep], phi_cfg_scale)
+
+    if phi_min_t is None:
+        return score(slice(None))
+    asked = torch.nonzero(t > phi_min_t).flatten()
+    eps = noise.clone()  # SDS's stand-in at t <= phi_min_t
+    if len(asked):
+        eps[asked] = score(asked)
     return eps
 
 

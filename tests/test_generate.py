@@ -911,7 +911,7 @@ def test_the_colour_rate_decays_only_when_a_final_rate_is_set():
 @pytest.mark.parametrize(("phi_min_t", "calls"), [(None, 1), (999, 0)])
 def test_phi_min_t_reaches_the_score(tiny_prior, tmp_path, monkeypatch, phi_min_t, calls):
     """--vsd.phi-min-t 999 (above t_max): the score never asks phi, which still learns the renders."""
-    run, captured = _capturing_run(tiny_prior, tmp_path, monkeypatch, 2, vsd={"phi_min_t": phi_min_t})
+    run, _ = _capturing_run(tiny_prior, tmp_path, monkeypatch, 2, vsd={"phi_min_t": phi_min_t})
     asked = []
     real = run.prior.eps_phi
     monkeypatch.setattr(run.prior, "eps_phi", lambda *a, **k: asked.append(1) or real(*a, **k))
