@@ -50,9 +50,10 @@ class PriorConfig:
     """phi updates per 3D step (official --K 1)."""
     camera_dropout: float = 0.1
     """Probability of zeroing the camera while training phi (official --uncond_p 0.1)."""
-    phi_timesteps: Literal["uniform", "schedule"] = "uniform"
-    """The t phi trains at: uniform over all timesteps (official), or drawn as the particles' step draws it
-    (--vsd.t-schedule), so phi learns the particles where VSD asks it about them."""
+    phi_timesteps: Literal["uniform", "schedule", "asked"] = "uniform"
+    """The t phi trains at: uniform over all timesteps (official); drawn as the particles' step draws it
+    (--vsd.t-schedule), so phi learns the particles where VSD asks it about them; or asked = uniform over the t that
+    the score asks phi about, t > --vsd.phi-min-t (all t when that is None, the same as uniform)."""
     phi_cfg_scale: float = 1.0
     """Guidance between camera-conditioned and camera-free phi; 1.0 = camera only (threestudio guidance_scale_lora)."""
     camera_init: Literal["default", "zero"] = "default"

@@ -79,6 +79,29 @@ def test_phi_trains_at_the_particles_timesteps_when_asked(tiny_prior, tmp_path, 
     assert len(seen) == 10 and all(t is None for t in seen)
 
 
+@pytest.mark.parametrize("phi_min_t", [600, 999, None])
+def test_phi_trains_only_where_the_score_asks_it(tiny_prior, tmp_path, monkeypatch, phi_min_t):
+    """--prior.phi-timesteps asked: phi trains at t > --vsd.phi-min-t alone, spread over that band; at 999 (never
+    asked) at t = 999; without a gate phi_loss draws its own t over all timesteps, as uniform does."""
+    from splatdreamer.prior import DiffusionPrior
+
+    seen = []
+    phi_loss = DiffusionPrior.phi_loss
+    monkeypatch.setattr(DiffusionPrior, "phi_loss", lambda self, *a, t=None, **k: (seen.append(t), phi_loss(self, *a, t=t, **k))[1])
+    c = tiny_config(tiny_prior, tmp_path / "run", steps=20, particles=2)
+    c.output.checkpoint_every = c.output.preview_every = 0
+    c.prior.phi_timesteps, c.vsd.phi_min_t = "asked", phi_min_t
+    generate(c)
+    assert len(seen) == 20
+    if phi_min_t is None:
+        assert all(t is None for t in seen)
+        return
+    t = torch.cat(seen)  # 2 particles x 2 views per step
+    assert t.shape == (80,) and int(t.min()) > min(phi_min_t, 998) and int(t.max()) <= 999
+    if phi_min_t == 600:
+        assert int(t.min()) < 700 and int(t.max()) > 900, t  # uniform over the band, not one end of it
+
+
 def test_end_to_end_two_particles(tiny_prior, tmp_path):
     progress = []
     result = generate(tiny_config(tiny_prior, tmp_path / "run"), callback=progress.append)
