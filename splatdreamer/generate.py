@@ -399,18 +399,15 @@ class Generation:
             x0 = latents.detach()
             with timer.part("phi_train"):
                 for _ in range(cfg.prior.phi_steps):
-                    t_phi = None
+                    t_phi, t_min = None, 0
                     if cfg.prior.phi_timesteps == "schedule":
                         t_phi = self.schedule.sample_timesteps(batch, self.step, self.gen_cpu)
                     elif cfg.prior.phi_timesteps == "asked" and cfg.vsd.phi_min_t is not None:
                         # Uniform over the t the score asks phi about; at phi_min_t = 999 (never asked) only t = 999.
-                        lo = min(cfg.vsd.phi_min_t + 1, self.prior.num_train_timesteps - 1)
-                        t_phi = torch.randint(
-                            lo, self.prior.num_train_timesteps, (batch,), generator=self.gen_dev, device=self.device
-                        )
+                        t_min = min(cfg.vsd.phi_min_t + 1, self.prior.num_train_timesteps - 1)
                     phi_loss = self.prior.phi_loss(
                         x0, self.text.plain(batch), camera, generator=self.gen_dev,
-                        camera_dropout=cfg.prior.camera_dropout, t=t_phi,
+                        camera_dropout=cfg.prior.camera_dropout, t=t_phi, t_min=t_min,
                     )  # fmt: skip
                     phi_loss.backward()
                     self.phi_optimizer.step()

@@ -82,24 +82,38 @@ def test_phi_trains_at_the_particles_timesteps_when_asked(tiny_prior, tmp_path, 
 @pytest.mark.parametrize("phi_min_t", [600, 999, None])
 def test_phi_trains_only_where_the_score_asks_it(tiny_prior, tmp_path, monkeypatch, phi_min_t):
     """--prior.phi-timesteps asked: phi trains at t > --vsd.phi-min-t alone, spread over that band; at 999 (never
-    asked) at t = 999; without a gate phi_loss draws its own t over all timesteps, as uniform does."""
+    asked) at t = 999; without a gate over all timesteps, as uniform does. The t are the ones phi's loss noises at."""
     from splatdreamer.prior import DiffusionPrior
 
-    seen = []
-    phi_loss = DiffusionPrior.phi_loss
-    monkeypatch.setattr(DiffusionPrior, "phi_loss", lambda self, *a, t=None, **k: (seen.append(t), phi_loss(self, *a, t=t, **k))[1])
+    seen, training = [], []
+    phi_loss, add_noise = DiffusionPrior.phi_loss, DiffusionPrior.add_noise
+
+    def spy_loss(self, *a, **k):
+        training.append(1)
+        try:
+            return phi_loss(self, *a, **k)
+        finally:
+            training.pop()
+
+    def spy_noise(self, x0, noise, t):
+        if training:
+            seen.append(t.detach().clone())
+        return add_noise(self, x0, noise, t)
+
+    monkeypatch.setattr(DiffusionPrior, "phi_loss", spy_loss)
+    monkeypatch.setattr(DiffusionPrior, "add_noise", spy_noise)
     c = tiny_config(tiny_prior, tmp_path / "run", steps=20, particles=2)
     c.output.checkpoint_every = c.output.preview_every = 0
     c.prior.phi_timesteps, c.vsd.phi_min_t = "asked", phi_min_t
     generate(c)
-    assert len(seen) == 20
-    if phi_min_t is None:
-        assert all(t is None for t in seen)
-        return
     t = torch.cat(seen)  # 2 particles x 2 views per step
-    assert t.shape == (80,) and int(t.min()) > min(phi_min_t, 998) and int(t.max()) <= 999
-    if phi_min_t == 600:
-        assert int(t.min()) < 700 and int(t.max()) > 900, t  # uniform over the band, not one end of it
+    assert len(seen) == 20 and t.shape == (80,)
+    low = {600: 601, 999: 999, None: 0}[phi_min_t]
+    assert int(t.min()) >= low and int(t.max()) <= 999
+    if phi_min_t != 999:  # spread over the band, not at one end of it
+        assert int(t.min()) < low + 100 and int(t.max()) > 900, t
+    else:
+        assert (t == 999).all()
 
 
 def test_end_to_end_two_particles(tiny_prior, tmp_path):

@@ -289,11 +289,12 @@ class DiffusionPrior:
         generator: torch.Generator | None = None,
         camera_dropout: float = 0.1,
         t: Tensor | None = None,
+        t_min: int = 0,
     ) -> Tensor:
         """phi's denoising loss on the (detached) clean latents: a fp32 scalar whose gradient reaches only phi.
 
         x0 [B, C, h, w] (the renders' latents of this step), text_cond [B, L, D], camera [B, camera_dim].
-        Fresh t ~ U{0..T-1} per sample unless `t` [B] is given, and fresh noise (threestudio l.570-576; official
+        Fresh t ~ U{t_min..T-1} per sample unless `t` [B] is given, and fresh noise (threestudio l.570-576; official
         utils.py:1101); the camera is zeroed for the whole batch with probability `camera_dropout` (official
         --uncond_p 0.1), so phi also learns the camera-free score. Target: the noise, or the velocity for a
         v-prediction base. `generator` lives on `device`; it draws t, then the noise, then the dropout coin.
@@ -301,7 +302,7 @@ class DiffusionPrior:
         x0 = x0.detach().float()
         b = x0.shape[0]
         if t is None:
-            t = torch.randint(0, self.num_train_timesteps, (b,), generator=generator, device=self.device)
+            t = torch.randint(t_min, self.num_train_timesteps, (b,), generator=generator, device=self.device)
         else:
             t = t.to(self.device)
         noise = torch.randn(x0.shape, generator=generator, device=self.device)

@@ -273,7 +273,7 @@ class ExactPrior:
 
     def phi_loss(
         self, x0: Tensor, text_cond: Tensor, camera: Tensor, generator: torch.Generator | None = None,
-        camera_dropout: float = 0.1, t: Tensor | None = None,
+        camera_dropout: float = 0.1, t: Tensor | None = None, t_min: int = 0,
     ) -> Tensor:  # fmt: skip
         """Memorise the clean renders [B, 3, H, W], phi's whole training; a zero loss with a graph, for the loop."""
         self._memory = x0.detach().clone()
