@@ -421,6 +421,25 @@ def test_phi_loss_trains_at_the_timesteps_it_is_given(vpred_dir):
     torch.testing.assert_close(loss, torch.nn.functional.mse_loss(v, scheduler.get_velocity(x0, noise, t)))
 
 
+def test_phi_loss_draws_its_timesteps_from_t_min_up(vpred_dir):
+    """--prior.phi-timesteps asked: phi_loss draws t ~ U{t_min..T-1} from its generator, then the noise, as it
+    would draw them over all t; a t_min outside the prior's timesteps is refused by name."""
+    prior = load(vpred_dir)
+    text = prior.text_embeddings("a red ball")
+    x0, *_ = noisy_batch(prior)
+    cam = torch.randn(2, 16)
+    gen = torch.Generator().manual_seed(7)
+    loss = prior.phi_loss(x0, text.plain(2), cam, generator=gen, camera_dropout=0.0, t_min=900)
+    g = torch.Generator().manual_seed(7)
+    t = torch.randint(900, prior.num_train_timesteps, (2,), generator=g)
+    assert int(t.min()) >= 900
+    torch.testing.assert_close(loss, prior.phi_loss(x0, text.plain(2), cam, generator=g, camera_dropout=0.0, t=t))
+    other = prior.phi_loss(x0, text.plain(2), cam, generator=torch.Generator().manual_seed(7), camera_dropout=0.0)
+    assert not torch.allclose(loss, other)  # t_min reaches the draw
+    with pytest.raises(ValueError, match="t_min=1000"):
+        prior.phi_loss(x0, text.plain(2), cam, t_min=prior.num_train_timesteps)
+
+
 def test_camera_changes_eps_phi_and_phi_guidance(pixel_dir):
     prior = load(pixel_dir)
     text = prior.text_embeddings("a red ball")

@@ -299,6 +299,8 @@ class DiffusionPrior:
         --uncond_p 0.1), so phi also learns the camera-free score. Target: the noise, or the velocity for a
         v-prediction base. `generator` lives on `device`; it draws t, then the noise, then the dropout coin.
         """
+        if not 0 <= t_min < self.num_train_timesteps:
+            raise ValueError(f"t_min={t_min} is outside the prior's timesteps 0..{self.num_train_timesteps - 1}")
         x0 = x0.detach().float()
         b = x0.shape[0]
         if t is None:
