@@ -119,6 +119,25 @@ def test_dataset_shapes_labels_and_cache(tmp_path):
     assert torch.equal(again.images, data.images) and again.labels == data.labels
 
 
+def test_supersampled_dataset_is_the_2x2_mean_of_renders_at_twice_the_size(tmp_path):
+    """`--data.supersample 2` hands the prior what a generation rendering at twice its size hands it (the 2 x 2
+    mean, which is also what `encode_images`' bilinear resize by exactly 2 gives), and shows the objects smaller
+    than direct renders do (the rasterizer's 0.3-px low-pass is four times larger in area at the smaller size)."""
+    config = ToyDataConfig(views_per_prompt=4, resolution=16, seed=3, supersample=2)
+    data = load_or_render(config, tmp_path)
+    assert data.images.shape == (4 * len(PROMPTS), 3, 16, 16)
+    cameras = sample(4, DEFAULT_RANGES, 32, 32, torch.Generator().manual_seed(3))  # the first prompt's draw
+    big = render_views(variants("a red ball")[0], cameras)
+    expected = (torch.nn.functional.avg_pool2d(big, 2) * 255).round().to(torch.uint8)
+    assert (data.images[:4].int() - expected.int()).abs().max() <= 1
+    resized = torch.nn.functional.interpolate(big, (16, 16), mode="bilinear", align_corners=False, antialias=False)
+    assert torch.allclose(resized, torch.nn.functional.avg_pool2d(big, 2), atol=1e-6)
+    direct = load_or_render(dataclasses.replace(config, supersample=1), tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 2  # its own cache
+    area = lambda images: measure.foreground(images[:4].float() / 255).float().sum()  # noqa: E731
+    assert area(direct.images) > 1.05 * area(data.images), (area(direct.images), area(data.images))
+
+
 def test_unconditional_examples_show_every_object_equally_often(tmp_path):
     """Guidance weighs samples by p(x | y) / p(x): an object commoner under p(x) (each ball, shared between
     "a ball" and its own prompt) would be suppressed. The empty-prompt draws give each distinct object the same share."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from splatdreamer.background import sample_background
@@ -38,6 +39,12 @@ class ToyDataConfig:
     """Renders per prompt; "a ball" spreads them evenly over its four colours (4800 images: 1 min on 1 core)."""
     resolution: int = 32
     """Image side in pixels (the prior's resolution)."""
+    supersample: int = 1
+    """Render at `supersample` times the resolution and average each s x s block: the images a generation
+    rendering at that multiple hands the prior (`--splats.resolution 64` for a 32-px prior; its bilinear
+    resize by exactly 2 is the 2 x 2 mean). Direct 32-px renders show the toy objects 10-15 % bigger than
+    64-px ones do, the rasterizer's 0.3-px low-pass being four times larger in area at 32 px
+    (docs/benchmarks.md, "The loop's own ceiling")."""
     seed: int = 0
     """Seed of the camera draws."""
     backend: str = "reference"
@@ -82,13 +89,15 @@ def render_dataset(config: ToyDataConfig) -> ToyDataset:
     images, prompt_index, variant_index, labels, elevation, azimuth = [], [], [], [], [], []
     for p, prompt in enumerate(PROMPTS):
         objs = variants(prompt)
-        cameras = sample(config.views_per_prompt, DEFAULT_RANGES, config.resolution, config.resolution, g)
+        size = config.resolution * config.supersample
+        cameras = sample(config.views_per_prompt, DEFAULT_RANGES, size, size, g)
         which = torch.arange(config.views_per_prompt) % len(objs)  # even split over the variants
         rgb = torch.empty(config.views_per_prompt, 3, config.resolution, config.resolution)
         for v, obj in enumerate(objs):
             idx = (which == v).nonzero()[:, 0]
             if len(idx):  # fewer views than variants leaves some variants out
-                rgb[idx] = render_views(obj, cameras[idx], config.backend, config.chunk)
+                views = render_views(obj, cameras[idx], config.backend, config.chunk)
+                rgb[idx] = F.avg_pool2d(views, config.supersample) if config.supersample > 1 else views
         images.append((rgb * 255).round().to(torch.uint8))
         prompt_index.append(torch.full((config.views_per_prompt,), p))
         variant_index.append(which)
@@ -108,7 +117,10 @@ def render_dataset(config: ToyDataConfig) -> ToyDataset:
 def cache_path(config: ToyDataConfig, cache_dir: str | Path) -> Path:
     """The .npz file a config's dataset is cached in; its name hashes the config, the objects' parameters
     and the cache version, so editing an object never reuses stale renders."""
-    h = hashlib.sha256(json.dumps({**asdict(config), "version": CACHE_VERSION}, sort_keys=True).encode())
+    fields = asdict(config)
+    if fields["supersample"] == 1:
+        del fields["supersample"]  # caches rendered before the field existed stay valid
+    h = hashlib.sha256(json.dumps({**fields, "version": CACHE_VERSION}, sort_keys=True).encode())
     for prompt in PROMPTS:
         h.update(prompt.encode())
         for obj in variants(prompt):

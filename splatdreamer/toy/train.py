@@ -64,6 +64,7 @@ TRAIN_BOUNDS: dict[str, Bound] = {
     "num_threads": POSITIVE,
     "data.views_per_prompt": POSITIVE,
     "data.resolution": POSITIVE,
+    "data.supersample": POSITIVE,
     "data.seed": BOUNDS["seed"],
     "data.chunk": POSITIVE,
     "model.resolution": POSITIVE,
