@@ -147,7 +147,8 @@ class SplatConfig:
     lr_shN: float = 5e-4
     """feature_lr / 20, as 3DGS does for the higher SH bands."""
     resolution: int | None = None
-    """Render size in pixels; None = the prior's own resolution (512 for SD 2.1-base)."""
+    """Render size in pixels; None = the prior's own resolution (512 for SD 2.1-base), times the factor a toy
+    prior's training images were supersampled by (`toy train --data.supersample`)."""
     backend: Literal["auto", "gsplat", "reference"] = "auto"
     """Rasterizer: gsplat on CUDA, the pure-PyTorch reference otherwise."""
     rasterize_mode: Literal["classic", "antialiased"] = "classic"

@@ -116,6 +116,19 @@ def resolve_prior_name(name: str) -> str:
     return name
 
 
+def prior_supersample(name: str) -> int:
+    """How many times its resolution a toy prior's training images were rendered at before each block was
+    averaged down (`toy train --data.supersample`, kept in its training.json); 1 for any other prior. With
+    `--splats.resolution` unset the loop renders at that multiple, so that the prior sees the renders as it saw
+    its data (a bilinear resize by exactly 2 is the 2 x 2 mean)."""
+    try:
+        record = json.loads((Path(resolve_prior_name(name)) / "training.json").read_text())
+        factor = record["config"]["data"]["supersample"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1
+    return factor if isinstance(factor, int) and not isinstance(factor, bool) and 1 <= factor <= 8 else 1
+
+
 # Flags a resumed run takes from the command line (or the given config); the rest comes from its config.json.
 RESUME_FLAGS = ("resume", "steps")
 
@@ -281,7 +294,8 @@ class Generation:
         if prior_was_loaded and (Path(resolve_prior_name(config.prior.name)) / "training.json").exists():
             _note_unknown_toy_words(config.prompt)  # a prior `toy train` wrote: it knows only the toy words
         _note_cut_prompt(self.prior, config)
-        self.resolution = config.splats.resolution or self.prior.resolution
+        supersample = prior_supersample(config.prior.name) if prior_was_loaded else 1
+        self.resolution = config.splats.resolution or self.prior.resolution * supersample
         self.schedule = vsd.TimestepSchedule(
             t_min=config.vsd.t_min,
             t_max=config.vsd.t_max,

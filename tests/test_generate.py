@@ -956,3 +956,29 @@ def test_phi_min_t_reaches_the_score(tiny_prior, tmp_path, monkeypatch, phi_min_
     run.train_step()
     assert len(asked) == calls
     assert any(not torch.equal(b, p) for b, p in zip(before, run.prior.phi_parameters()))
+
+
+def test_the_loop_renders_at_the_size_a_toy_prior_saw_its_data_at(tiny_prior, tmp_path):
+    """A toy prior trained on renders made at twice its size and averaged down (`toy train --data.supersample 2`,
+    in its training.json) is handed renders made the same way: the loop renders at twice the prior's
+    resolution unless --splats.resolution says otherwise; a prior without the record, or with a damaged one,
+    gets renders at its own size."""
+    prior_dir = tmp_path / "prior"
+    shutil.copytree(tiny_prior, prior_dir)
+    c = tiny_config(prior_dir, tmp_path / "run", steps=1, particles=1)
+
+    def render_size(config) -> int:
+        run = Generation(config, tmp_path / f"r{len(list(tmp_path.iterdir()))}")
+        run.train_step()
+        assert run.last_cameras.width == run.resolution
+        return run.resolution, run.prior.resolution
+
+    size, own = render_size(c)
+    assert size == own
+    (prior_dir / "training.json").write_text(json.dumps({"config": {"data": {"supersample": 2}}}))
+    assert render_size(c) == (2 * own, own)
+    c.splats.resolution = 24
+    assert render_size(c)[0] == 24
+    c.splats.resolution = None
+    (prior_dir / "training.json").write_text('{"config": {"data": {"supersample": "2"}}')
+    assert render_size(c)[0] == own
