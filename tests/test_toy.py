@@ -138,6 +138,20 @@ def test_supersampled_dataset_is_the_2x2_mean_of_renders_at_twice_the_size(tmp_p
     assert area(direct.images) > 1.05 * area(data.images), (area(direct.images), area(data.images))
 
 
+def test_check_prior_measures_a_supersampled_priors_samples_against_references_made_alike(monkeypatch):
+    """A prior trained with `--data.supersample 2` draws its objects as averaged-down renders show them; against
+    direct renders they would read 10-15 % small. Its own training images, passed off as its samples, are the
+    right size only when check_prior makes its references the same way."""
+    from splatdreamer.toy import sample as sample_module
+
+    cameras = sample(16, DEFAULT_RANGES, 64, 64, torch.Generator().manual_seed(5))
+    truth = torch.nn.functional.avg_pool2d(render_views(variants("a red ball")[0], cameras), 2)
+    monkeypatch.setattr(sample_module, "sample_images", lambda parts, prompts, *a, **k: truth[: len(prompts)])
+    parts = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(sample_size=32)))
+    size = lambda s: check_prior(parts, per_prompt=16, prompts=("a red ball",), supersample=s)[0].size.mean()  # noqa: E731
+    assert abs(size(2) - 1.0) < 0.05 and size(1) < 0.95, (size(2), size(1))
+
+
 def test_unconditional_examples_show_every_object_equally_often(tmp_path):
     """Guidance weighs samples by p(x | y) / p(x): an object commoner under p(x) (each ball, shared between
     "a ball" and its own prompt) would be suppressed. The empty-prompt draws give each distinct object the same share."""

@@ -412,7 +412,7 @@ def evaluate(config: ToyEvalConfig) -> list[Row]:
 def evaluate_images(config: ToyEvalConfig) -> str:
     """The 2D check. Per CFG: how often the prior's own ancestral samples show each prompt's object
     (`sample.check_prior`) and the colours they take; then the colours of VSD's and SDS's image particles."""
-    from splatdreamer.generate import resolve_prior_name
+    from splatdreamer.generate import prior_supersample, resolve_prior_name
     from splatdreamer.prior import DiffusionPrior
     from splatdreamer.toy import image_sampler as im
     from splatdreamer.toy.model import load
@@ -426,7 +426,7 @@ def evaluate_images(config: ToyEvalConfig) -> str:
     for cfg_scale in dict.fromkeys(parse_method(m)[1] for m in config.methods):
         checks = check_prior(
             parts, per_prompt=n, guidance_scale=cfg_scale, seed=config.seeds[0], prompts=config.prompts,
-            guidance_max_t=config.base.vsd.cfg_max_t,
+            guidance_max_t=config.base.vsd.cfg_max_t, supersample=prior_supersample(config.base.prior.name),
         )  # fmt: skip
         checks = {c.prompt: c for c in checks}
         rates = [checks[p].recognised().float().mean().item() for p in config.prompts]

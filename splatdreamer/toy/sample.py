@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import Tensor
 
@@ -98,6 +99,7 @@ def check_prior(
     reference_views: int = 48,
     prompts: tuple[str, ...] = PROMPTS,
     guidance_max_t: int | None = None,
+    supersample: int = 1,
 ) -> list[PromptCheck]:
     """Sample every toy prompt (or `prompts`) and measure the samples against renders of its objects.
 
@@ -111,13 +113,16 @@ def check_prior(
         parts, [p for p in prompts for _ in range(per_prompt)], num_steps, guidance_scale,
         torch.Generator().manual_seed(seed), guidance_max_t,
     )  # fmt: skip
-    cameras = sample(reference_views, DEFAULT_RANGES, size, size, torch.Generator().manual_seed(seed + 1))
+    big = size * supersample
+    cameras = sample(reference_views, DEFAULT_RANGES, big, big, torch.Generator().manual_seed(seed + 1))
     checks = []
     for k, prompt in enumerate(prompts):
         imgs = images[k * per_prompt : (k + 1) * per_prompt]
         background = measure.border_color(imgs)
         mask = measure.foreground(imgs, background)
-        references = torch.cat([measure.foreground(render_views(v, cameras)) for v in variants(prompt)])
+        references = torch.cat([
+            measure.foreground(F.avg_pool2d(render_views(v, cameras), supersample)) for v in variants(prompt)
+        ])  # fmt: skip
         palette = true_colors(prompt)
         core = measure.interior(mask)  # colours are judged off the rim, where anti-aliasing blends in background
         mean_error, nearest = measure.nearest_color(measure.mean_foreground_color(imgs, core), palette)
