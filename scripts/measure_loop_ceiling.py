@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import Tensor
 
 from splatdreamer import presets
 from splatdreamer.generate import Generation, resolve_prior_name
+from splatdreamer.prior.diffusion import resize_renders
 from splatdreamer.toy.data import render_views as render_truth
-from splatdreamer.toy.evaluate import scored_row, table
+from splatdreamer.toy.evaluate import Row, scored_row, table
 from splatdreamer.toy.exact import ExactPrior
 from splatdreamer.toy.objects import EVAL_PROMPTS, variants
 
@@ -47,9 +47,7 @@ class TruthPrior(ExactPrior):
         self.object = variants(prompt)[0]
 
     def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        if images.shape[-2:] != (self.resolution, self.resolution):  # as DiffusionPrior.encode_images
-            images = F.interpolate(images, (self.resolution, self.resolution), mode="bilinear", antialias=False)
-        return images * 2.0 - 1.0
+        return resize_renders(images, self.resolution) * 2.0 - 1.0  # as DiffusionPrior.encode_images
 
     @torch.no_grad()
     def eps_pretrained(self, x_t: Tensor, t: Tensor, text_cond: Tensor, text_uncond: Tensor, cfg_scale) -> Tensor:
@@ -60,15 +58,17 @@ class TruthPrior(ExactPrior):
         return (x_t - abar.sqrt() * truth) / (1 - abar).sqrt()
 
 
-def fit_truth(prompt: str, seed: int, resolution: int | None = None, steps: int | None = None) -> dict:
+def fit_truth(prompt: str, seed: int, resolution: int | None = None, steps: int | None = None) -> Row:
     """One toy-preset run of SDS against the truth; `toy eval`'s scored row (12 views at 64 px)."""
-    scheduler = DDPMScheduler.from_pretrained(resolve_prior_name("toy"), subfolder="scheduler")
+    toy = resolve_prior_name("toy")
+    scheduler = DDPMScheduler.from_pretrained(toy, subfolder="scheduler")
+    size = UNet2DConditionModel.load_config(toy, subfolder="unet")["sample_size"]  # the toy prior's resolution
     config = presets.toy()
     config.prompt, config.seed = prompt, seed
     config.steps = config.steps if steps is None else steps
     config.vsd = dataclasses.replace(config.vsd, mode="sds")
     config.splats = dataclasses.replace(config.splats, resolution=resolution)
-    prior = TruthPrior(prompt, scheduler.alphas_cumprod, 32)
+    prior = TruthPrior(prompt, scheduler.alphas_cumprod, size)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
         run = Generation(config, Path(run_dir), prior=prior)

@@ -121,10 +121,11 @@ def prior_supersample(name: str) -> int:
     averaged down (`toy train --data.supersample`, kept in its training.json); 1 for any other prior. With
     `--splats.resolution` unset the loop renders at that multiple, so that the prior sees the renders as it saw
     its data (a bilinear resize by exactly 2 is the 2 x 2 mean)."""
+    from splatdreamer.toy.train import read_training_record  # the toy trainer's modules only when asked
+
     try:
-        record = json.loads((Path(resolve_prior_name(name)) / "training.json").read_text())
-        factor = record["config"]["data"]["supersample"]
-    except (OSError, ValueError, KeyError, TypeError):
+        factor = read_training_record(Path(resolve_prior_name(name)))["config"]["data"]["supersample"]
+    except (KeyError, TypeError):  # no record (None), or one without the factor
         return 1
     return factor if isinstance(factor, int) and not isinstance(factor, bool) and 1 <= factor <= 8 else 1
 

@@ -967,7 +967,7 @@ def test_the_loop_renders_at_the_size_a_toy_prior_saw_its_data_at(tiny_prior, tm
     shutil.copytree(tiny_prior, prior_dir)
     c = tiny_config(prior_dir, tmp_path / "run", steps=1, particles=1)
 
-    def render_size(config) -> int:
+    def render_size(config) -> tuple[int, int]:
         run = Generation(config, tmp_path / f"r{len(list(tmp_path.iterdir()))}")
         run.train_step()
         assert run.last_cameras.width == run.resolution

@@ -47,6 +47,15 @@ def to_epsilon(output: Tensor, x_t: Tensor, t: Tensor, prediction_type: str, alp
     return abar.sqrt() * output + (1.0 - abar).sqrt() * x_t
 
 
+
+def resize_renders(images: Tensor, resolution: int) -> Tensor:
+    """[B, C, H, W] -> [B, C, resolution, resolution]: bilinear, no antialiasing (threestudio l.609-611), as the
+    loop hands its renders to a prior; by exactly 2 down it is the 2 x 2 mean (`toy train --data.supersample`)."""
+    if images.shape[-2:] == (resolution, resolution):
+        return images
+    return F.interpolate(images, (resolution, resolution), mode="bilinear", align_corners=False, antialias=False)
+
+
 class DiffusionPrior:
     """eps_pretrained (frozen UNet, CFG) and eps_phi (LoRA + camera embedding) for score distillation.
 
@@ -219,11 +228,7 @@ class DiffusionPrior:
         gradient flows back to the renders. `generator` (on `device`) makes the sample reproducible.
         """
         assert images.ndim == 4 and images.shape[1] == 3, images.shape
-        if images.shape[-2:] != (self.resolution, self.resolution):
-            images = F.interpolate(
-                images, (self.resolution, self.resolution), mode="bilinear", align_corners=False, antialias=False
-            )
-        x = images * 2.0 - 1.0
+        x = resize_renders(images, self.resolution) * 2.0 - 1.0
         if self.vae is None:
             return x.float()
         posterior = self.vae.encode(x.to(self.dtype)).latent_dist

@@ -97,7 +97,7 @@ def render_dataset(config: ToyDataConfig) -> ToyDataset:
             idx = (which == v).nonzero()[:, 0]
             if len(idx):  # fewer views than variants leaves some variants out
                 views = render_views(obj, cameras[idx], config.backend, config.chunk)
-                rgb[idx] = F.avg_pool2d(views, config.supersample) if config.supersample > 1 else views
+                rgb[idx] = F.avg_pool2d(views, config.supersample)  # the s x s mean; s = 1: the views themselves
         images.append((rgb * 255).round().to(torch.uint8))
         prompt_index.append(torch.full((config.views_per_prompt,), p))
         variant_index.append(which)

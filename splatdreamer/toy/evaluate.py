@@ -420,13 +420,14 @@ def evaluate_images(config: ToyEvalConfig) -> str:
 
     prior_dir = resolve_prior_name(config.base.prior.name)
     parts = load(prior_dir)
+    supersample = prior_supersample(config.base.prior.name)
     n = config.ancestral_samples
     recognised = ["| CFG | " + " | ".join(config.prompts) + " |", "|---|" + "---|" * len(config.prompts)]
     counts, fits = [im.count_header()], [im.fit_header()]
     for cfg_scale in dict.fromkeys(parse_method(m)[1] for m in config.methods):
         checks = check_prior(
             parts, per_prompt=n, guidance_scale=cfg_scale, seed=config.seeds[0], prompts=config.prompts,
-            guidance_max_t=config.base.vsd.cfg_max_t, supersample=prior_supersample(config.base.prior.name),
+            guidance_max_t=config.base.vsd.cfg_max_t, supersample=supersample,
         )  # fmt: skip
         checks = {c.prompt: c for c in checks}
         rates = [checks[p].recognised().float().mean().item() for p in config.prompts]
