@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).parent.parent / "scripts" / "bench_step.py"
+from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def bench_step():
-    spec = importlib.util.spec_from_file_location("bench_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_step"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_step")
 
 
 def test_tiny_benchmark_times_every_part_of_real_steps(bench_step, tmp_path, capsys):

@@ -1,9 +1,7 @@
 """scripts/measure_exact_world.py: the exact prior's guided samples grow with CFG as docs/benchmarks.md reports,
 and the 3D runs against the exact prior score real particles, so the script cannot rot."""
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,19 +11,11 @@ from splatdreamer.errors import ConfigError
 from splatdreamer.generate import resolve_prior_name
 from splatdreamer.toy.data import ToyDataConfig, load_or_render, parse_object_scale, unconditional_weights
 from splatdreamer.toy.objects import PROMPTS
-
-SCRIPT = Path(__file__).parent.parent / "scripts" / "measure_exact_world.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("measure_exact_world", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 def test_guidance_draws_the_exact_priors_red_ball_bigger_and_only_at_high_noise(tmp_path):
-    script = _script()
+    script = load_script("measure_exact_world")
     data = load_or_render(ToyDataConfig(views_per_prompt=64), tmp_path)
     images = data.images.float() / 255
     mine = (data.prompt_index == PROMPTS.index("a red ball")).nonzero()[:, 0]
@@ -43,7 +33,7 @@ def test_guidance_draws_the_exact_priors_red_ball_bigger_and_only_at_high_noise(
 
 def test_3d_runs_against_the_exact_prior_print_scored_rows(tmp_path, capsys):
     torch.manual_seed(0)
-    _script().main([
+    load_script("measure_exact_world").main([
         "--prompts", "a red ball", "--methods", "vsd-7.5", "sds-7.5", "--seeds", "0", "--steps", "3",
         "--samples", "0", "--views-per-prompt", "16", "--data-dir", str(tmp_path),
     ])  # fmt: skip

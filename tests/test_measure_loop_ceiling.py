@@ -1,19 +1,8 @@
 """scripts/measure_loop_ceiling.py: the toy preset's loop fitted to the truth itself, the ceiling every prior's
 score sits under (docs/benchmarks.md, "The loop's own ceiling")."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).parent.parent / "scripts" / "measure_loop_ceiling.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("measure_loop_ceiling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 def _mean(row, key: str) -> float:
@@ -26,7 +15,7 @@ def test_renders_at_the_priors_size_draw_the_object_too_big_and_twice_that_size_
     cannot tell a sharp edge from Gaussians that reach past it, so the fit's edge spreads out where 64 px sees
     it. Rendered at 64 px and averaged 2x2 down to the prior's 32, it is drawn at its size. Together they also
     guard the loop's ability to fit an object at all (positions, colours, densification), apart from any prior."""
-    script = _script()
+    script = load_script("measure_loop_ceiling")
     at_32 = script.fit_truth("a red ball", seed=0, resolution=32)
     at_64 = script.fit_truth("a red ball", seed=0, resolution=64)
     assert _mean(at_32, "size") > 1.05, _mean(at_32, "size")

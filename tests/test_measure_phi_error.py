@@ -1,6 +1,5 @@
 """scripts/measure_phi_error.py measures what it says on a real run of the toy preset, so it cannot rot."""
 
-import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -8,14 +7,11 @@ import torch
 
 from splatdreamer import presets
 from splatdreamer.generate import Generation
-
-SCRIPT = Path(__file__).parent.parent / "scripts" / "measure_phi_error.py"
+from script_loader import load_script
 
 
 def test_phi_error_against_the_exact_phi_on_the_toy_preset():
-    spec = importlib.util.spec_from_file_location("measure_phi_error", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("measure_phi_error")
     config = presets.toy()
     config.prompt, config.steps = "a red ball", 4
     with tempfile.TemporaryDirectory() as run_dir:
