@@ -1036,7 +1036,10 @@ def test_camera_aware_exact_phi_of_one_particle_is_sds(tmp_path, pretrained):
             prior.phi_renders = lambda condition, phi=camera_phi(run): phi(condition.flip(0))
         runs[mode] = torch.tensor([run.train_step().loss_vsd for _ in range(config.steps)])
         assert run.last_cameras is not None and len(run.last_cameras) == 2
-    assert torch.allclose(runs["vsd"], runs["sds"], rtol=1e-5), runs  # exact: 1130, 90.6, 93.7
+    # Equal up to float32 round-off: phi's eps of a point, (x_t - sqrt(abar) x) / sqrt(1 - abar), recovers the
+    # drawn noise with an error that grows as 1 / sqrt(1 - abar) at small t, and eps_pretrained - eps cancels
+    # where the prior predicts the noise well (5e-5 on one step of the sixth prior; a wrong camera: 1e-1).
+    assert torch.allclose(runs["vsd"], runs["sds"], rtol=1e-4), runs  # exact: 1130, 90.6, 93.7
     assert not torch.allclose(runs["vsd-swapped"], runs["sds"], rtol=1e-2), runs  # exact: 1106, 92.5, 93.9
 
 
