@@ -47,7 +47,6 @@ def to_epsilon(output: Tensor, x_t: Tensor, t: Tensor, prediction_type: str, alp
     return abar.sqrt() * output + (1.0 - abar).sqrt() * x_t
 
 
-
 def resize_renders(images: Tensor, resolution: int) -> Tensor:
     """[B, C, H, W] -> [B, C, resolution, resolution]: bilinear, no antialiasing (threestudio l.609-611), as the
     loop hands its renders to a prior; by exactly 2 down it is the 2 x 2 mean (`toy train --data.supersample`)."""
