@@ -15,6 +15,11 @@ the object bigger to match.
     python scripts/measure_exact_world.py --prompts "a red ball" "a ball" --methods vsd-7.5 sds-7.5 \\
         --seeds 0 1 2 --uncond-object-scale "blue cube=0.5,red ball=1.3,green ball=1.3,yellow ball=0.93,blue ball=0.95"
 
+`--views` gives the exact prior one set per view label as well ("a blue cube, side view": the prompt's images
+whose camera has that label), so that the loop's view-dependent prompts are answered as by a prior trained on
+the labelled images; without it every view asks for all of the prompt's images. `--picture PATH` writes
+`toy eval`'s picture of seed 0's particles.
+
 `--cfg-max-t T` guides only at t <= T, as `splatdreamer generate --vsd.cfg-max-t`. `--prior DIR` puts a trained
 prior (a `toy train` directory, or `toy`) in the exact prior's place and keeps VSD's phi exact, so that with
 `toy eval` on the same prior (the LoRA phi) the three runs split VSD's gap to SDS into the loop's, the prior's
@@ -31,15 +36,17 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
+from PIL import Image
 
 from splatdreamer import cameras as cams
 from splatdreamer import presets
 from splatdreamer.generate import Generation, resolve_prior_name
 from splatdreamer.prior import DiffusionPrior
+from splatdreamer.prior.text import view_prompt
 from splatdreamer.toy import measure
 from splatdreamer.toy.data import ToyDataConfig, load_or_render, parse_object_scale, unconditional_weights
 from splatdreamer.toy.data import render_views as render_truth
-from splatdreamer.toy.evaluate import colors_table, parse_method, scored_row, table
+from splatdreamer.toy.evaluate import colors_table, parse_method, picture, scored_row, table
 from splatdreamer.toy.exact import ExactPrior, WithExactPhi, camera_phi, exact_eps
 from splatdreamer.toy.objects import EVAL_PROMPTS, PROMPTS, variants
 from splatdreamer.toy.sample import ancestral_sample
@@ -81,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--views-per-prompt", type=int, default=ToyDataConfig.views_per_prompt,
                     help="training images per prompt (default: the toy prior's)")
     ap.add_argument("--prior", default="exact", help="exact (default), or a trained prior (DIR or toy) with exact phi")
+    ap.add_argument("--views", action="store_true", help="a set per view label for the view-dependent prompts")
+    ap.add_argument("--picture", default=None, help="write the picture of the first seed's particles here (PNG)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -93,6 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     for prompt in args.prompts:
         mine = (data.prompt_index == PROMPTS.index(prompt)).nonzero()[:, 0]
         sets = {"": (images, uncond_weights), prompt: (images[mine], torch.ones(len(mine)))}
+        if args.views:
+            for label in sorted({data.labels[i] for i in mine.tolist()}):
+                labelled = torch.tensor([i for i in mine.tolist() if data.labels[i] == label])
+                sets[view_prompt(prompt, label)] = (images[labelled], torch.ones(len(labelled)))
         for method in args.methods:
             mode, cfg = parse_method(method)
             if args.samples and args.prior == "exact":
@@ -121,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(scored_row(prompt, method, seed, run.particles, time.perf_counter() - start, 64))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
+    if args.picture:
+        Image.fromarray(picture([r for r in rows if r.seed == args.seeds[0]], 64)).save(args.picture)
     if colors := colors_table(rows):
         print("\n" + colors)
 

@@ -3,6 +3,7 @@ and the 3D runs against the exact prior score real particles, so the script cann
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -43,6 +44,25 @@ def test_3d_runs_against_the_exact_prior_print_scored_rows(tmp_path, capsys):
     for row in rows:
         iou = float(re.split(r"\s*\|\s*", row)[4])
         assert 0.0 < iou <= 1.0, row
+
+
+def test_view_sets_run_and_the_picture_shows_the_first_seeds_particles(tmp_path, capsys):
+    """`--views` gives the exact prior a set per view label of the prompt's images; `--picture` writes the truth
+    and the particles of the first seed (4 particles of 64 px beside the truth, under a label band)."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    out = tmp_path / "picture.png"
+    load_script("measure_exact_world").main([
+        "--prompts", "a blue cube", "--methods", "sds-7.5", "--seeds", "1", "--steps", "3", "--samples", "0",
+        "--views-per-prompt", "16", "--data-dir", str(tmp_path), "--views", "--picture", str(out),
+    ])  # fmt: skip
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| a blue cube |")]
+    assert rows and 0.0 < float(re.split(r"\s*\|\s*", rows[0])[4]) <= 1.0, rows
+    picture = Image.open(out)
+    assert picture.size[0] == 5 * 64 + 4 * 2 and picture.size[1] > 64, picture.size  # truth + 4 particles
+    pixels = torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32))
+    assert (pixels[..., 2] - pixels[..., 0] > 100).sum() > 500  # blue cubes drawn, not a blank sheet
 
 
 def test_object_scale_text_parses_and_refuses_what_toy_train_refuses():

@@ -974,9 +974,36 @@ def test_exact_prior_guides_with_the_exact_denoisers_of_its_sets():
     got = prior.eps_pretrained(x_t, t, text.plain(4), text.negative(4), 7.5)
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.allclose(got[:1], noise[:1], atol=1e-3)
-    assert text.for_views(["front", "back"]).shape == (2, 1, 1)  # view labels are accepted and ignored
+    assert torch.equal(text.for_views(["front", "back"]), text.plain(2))  # no view sets: every view is the prompt
     with pytest.raises(KeyError, match="no image set"):
         prior.text_embeddings("a cube")
+
+
+def test_exact_prior_answers_a_view_dependent_prompt_with_that_views_set():
+    """A set named "a ball, front view" is what the loop's front-view prompt asks for; the other views, with no
+    set of their own, ask for the plain prompt's. A blue image noised to t = 5 is denoised to itself by the plain
+    set (red and blue) and to the red image by the front view's (red only)."""
+    from diffusers import DDPMScheduler
+
+    from splatdreamer.prior.text import view_prompt
+    from splatdreamer.toy.exact import ExactPrior
+
+    cameras = sample(1, DEFAULT_RANGES, 32, 32, torch.Generator().manual_seed(3))
+    balls = {v.name.split()[0]: v for v in variants("a ball")}
+    red, blue = (render_views(balls[c], cameras) for c in ("red", "blue"))
+    both = torch.cat([red, blue])
+    alphas = DDPMScheduler.from_pretrained(SHIPPED, subfolder="scheduler").alphas_cumprod
+    sets = {"": (both, torch.ones(2)), "a ball": (both, torch.ones(2)), view_prompt("a ball", "front"): (red, torch.ones(1))}
+    prior = ExactPrior(sets, alphas)
+    text = prior.text_embeddings("a ball")
+    assert text.for_views(["front", "side", "back"]).flatten().tolist() == [2.0, 1.0, 1.0]
+    x0, t = blue * 2 - 1, torch.tensor([5])
+    x_t = prior.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), t)
+    for label, want in (("side", blue), ("front", red)):
+        eps = prior.eps_pretrained(x_t, t, text.for_views([label]), text.negative(1), 1.0)
+        abar = prior.alphas_cumprod[t]
+        x0_hat = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        assert (x0_hat - (want * 2 - 1)).abs().mean() < 0.05, label
 
 
 def test_exact_prior_runs_the_generation_loop_and_its_phi_memorises_the_renders(tmp_path):

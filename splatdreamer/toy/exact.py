@@ -26,7 +26,7 @@ from diffusers import DDPMScheduler
 from torch import Tensor
 
 from splatdreamer.cameras import VIEW_LABELS
-from splatdreamer.prior.text import TextEmbeddings
+from splatdreamer.prior.text import TextEmbeddings, view_prompt
 from splatdreamer.toy.sample import ancestral_sample
 
 Denoiser = Callable[[Tensor, int | Tensor], Tensor]  # one timestep, or [B] of them
@@ -184,8 +184,10 @@ class ExactPrior:
     unconditional branch of classifier-free guidance. It offers what `vsd.score_distillation`,
     `image_sampler.distill_images` and `generate.Generation` use of a `DiffusionPrior` (pixel space, epsilon
     prediction), with eps_pretrained exact: a sampler run against it meets the true score of a chosen
-    distribution, so what it draws is the sampler's doing, not a network's. View labels are accepted and
-    ignored.
+    distribution, so what it draws is the sampler's doing, not a network's. A set named by a view-dependent
+    prompt ("a blue cube, front view", `prior.text.view_prompt`) is what the loop's view-dependent prompts ask
+    for, as a prior trained on view-labelled images would answer them; a view with no set of its own asks for
+    the plain prompt's set.
 
     phi memorises: `phi_loss` stores the clean renders it is given (all particles' renders of the step) and
     `eps_phi` is then `exact_phi` of them, the score a perfectly fitted phi would have, one step late as the
@@ -225,7 +227,10 @@ class ExactPrior:
             if p not in self.prompts:
                 raise KeyError(f"{p!r} has no image set; the sets are {self.prompts}")
         index = lambda p: torch.tensor([[[float(self.prompts.index(p))]]])  # noqa: E731
-        views = dict.fromkeys(VIEW_LABELS, index(prompt))
+        views = {
+            label: index(view_prompt(prompt, label) if view_prompt(prompt, label) in self.prompts else prompt)
+            for label in VIEW_LABELS
+        }
         return TextEmbeddings(cond=index(prompt), uncond=index(negative_prompt), view=views)
 
     def token_count(self, prompt: str) -> tuple[int, int]:
