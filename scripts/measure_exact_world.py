@@ -18,7 +18,7 @@ the object bigger to match.
 `--views` gives the exact prior one set per view label as well ("a blue cube, side view": the prompt's images
 whose camera has that label), so that the loop's view-dependent prompts are answered as by a prior trained on
 the labelled images; without it every view asks for all of the prompt's images. `--picture PATH` writes
-`toy eval`'s picture of seed 0's particles.
+`toy eval`'s picture of the first seed's particles.
 
 `--cfg-max-t T` guides only at t <= T, as `splatdreamer generate --vsd.cfg-max-t`. `--prior DIR` puts a trained
 prior (a `toy train` directory, or `toy`) in the exact prior's place and keeps VSD's phi exact, so that with
