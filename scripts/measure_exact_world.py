@@ -44,7 +44,9 @@ from splatdreamer.generate import Generation, resolve_prior_name
 from splatdreamer.prior import DiffusionPrior
 from splatdreamer.prior.text import view_prompt
 from splatdreamer.toy import measure
-from splatdreamer.toy.data import ToyDataConfig, load_or_render, parse_object_scale, unconditional_weights
+from splatdreamer.toy.data import (
+    ToyDataConfig, caption_groups, load_or_render, parse_object_scale, unconditional_weights,
+)  # fmt: skip
 from splatdreamer.toy.data import render_views as render_truth
 from splatdreamer.toy.evaluate import colors_table, parse_method, picture, scored_row, table
 from splatdreamer.toy.exact import ExactPrior, WithExactPhi, camera_phi, exact_eps
@@ -97,15 +99,16 @@ def main(argv: list[str] | None = None) -> None:
     data = load_or_render(ToyDataConfig(views_per_prompt=args.views_per_prompt), args.data_dir)
     images = data.images.float() / 255
     uncond_weights = unconditional_weights(data, parse_object_scale(args.uncond_object_scale))
+    groups = caption_groups(data)
     scheduler = DDPMScheduler.from_pretrained(resolve_prior_name("toy"), subfolder="scheduler")
     rows = []
     for prompt in args.prompts:
         mine = (data.prompt_index == PROMPTS.index(prompt)).nonzero()[:, 0]
         sets = {"": (images, uncond_weights), prompt: (images[mine], torch.ones(len(mine)))}
         if args.views:
-            for label in sorted({data.labels[i] for i in mine.tolist()}):
-                labelled = torch.tensor([i for i in mine.tolist() if data.labels[i] == label])
-                sets[view_prompt(prompt, label)] = (images[labelled], torch.ones(len(labelled)))
+            for label in cams.VIEW_LABELS:
+                if (labelled := groups.get(view_prompt(prompt, label))) is not None:
+                    sets[view_prompt(prompt, label)] = (images[labelled], torch.ones(len(labelled)))
         for method in args.methods:
             mode, cfg = parse_method(method)
             if args.samples and args.prior == "exact":

@@ -163,6 +163,22 @@ def load_or_render(config: ToyDataConfig, cache_dir: str | Path) -> ToyDataset:
     return data
 
 
+def caption_groups(dataset: ToyDataset) -> dict[str, Tensor]:
+    """The indices of the images each caption was trained on: every image for the empty prompt "", a prompt's
+    images for it ("a ball"), and those of one view label for its view-dependent form ("a ball, front view").
+    Prompts with no images are left out."""
+    groups: dict[str, Tensor] = {"": torch.arange(len(dataset))}
+    labels = list(dataset.labels)
+    for i, prompt in enumerate(PROMPTS):
+        mine = (dataset.prompt_index == i).nonzero()[:, 0]
+        if len(mine) == 0:
+            continue
+        groups[prompt] = mine
+        for label in sorted({labels[j] for j in mine.tolist()}):
+            groups[view_prompt(prompt, label)] = mine[torch.tensor([labels[j] == label for j in mine.tolist()])]
+    return groups
+
+
 def object_names(dataset: ToyDataset) -> list[str]:
     """[N] the distinct object each image shows ("red ball" for both "a red ball" and the red "a ball")."""
     return [variants(PROMPTS[p])[v].name for p, v in zip(dataset.prompt_index.tolist(), dataset.variant_index.tolist())]

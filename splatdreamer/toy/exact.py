@@ -227,10 +227,8 @@ class ExactPrior:
             if p not in self.prompts:
                 raise KeyError(f"{p!r} has no image set; the sets are {self.prompts}")
         index = lambda p: torch.tensor([[[float(self.prompts.index(p))]]])  # noqa: E731
-        views = {
-            label: index(view_prompt(prompt, label) if view_prompt(prompt, label) in self.prompts else prompt)
-            for label in VIEW_LABELS
-        }
+        named = {label: view_prompt(prompt, label) for label in VIEW_LABELS}
+        views = {label: index(name if name in self.prompts else prompt) for label, name in named.items()}
         return TextEmbeddings(cond=index(prompt), uncond=index(negative_prompt), view=views)
 
     def token_count(self, prompt: str) -> tuple[int, int]:

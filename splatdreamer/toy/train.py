@@ -26,8 +26,8 @@ from splatdreamer.config import BOUNDS, NON_NEGATIVE, POSITIVE, Bound, check_fie
 from splatdreamer.errors import ConfigError
 from splatdreamer.prior.text import view_prompt
 from splatdreamer.toy.data import (
-    ToyDataConfig, ToyDataset, check_scale, conditional_weights, draw_batch, load_or_render, unconditional_weights,
-    world_objects,
+    ToyDataConfig, ToyDataset, caption_groups, check_scale, conditional_weights, draw_batch, load_or_render,
+    unconditional_weights, world_objects,
 )  # fmt: skip
 from splatdreamer.toy.exact import eps_from_x0, posterior_mean
 from splatdreamer.toy.model import (
@@ -267,17 +267,8 @@ class PosteriorTargets:
 
     def __init__(self, data: ToyDataset, images: Tensor, uncond_weights: Tensor) -> None:
         flat = images.flatten(1).double()
-        groups: dict[str, Tensor] = {"": torch.arange(len(data))}
-        labels = list(data.labels)
-        for i, prompt in enumerate(PROMPTS):
-            mine = (data.prompt_index == i).nonzero()[:, 0]
-            if len(mine) == 0:
-                continue
-            groups[prompt] = mine
-            for label in sorted({labels[j] for j in mine.tolist()}):
-                groups[view_prompt(prompt, label)] = mine[torch.tensor([labels[j] == label for j in mine.tolist()])]
         self.groups: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
-        for key, index in groups.items():
+        for key, index in caption_groups(data).items():
             weights = uncond_weights[index] if key == "" else torch.ones(len(index))
             ref = flat if key == "" else flat[index]  # the empty prompt's set is every image: no copy
             self.groups[key] = (ref, ref.pow(2).sum(1), weights.double().log())
