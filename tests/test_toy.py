@@ -945,18 +945,22 @@ def test_exact_phi_with_a_bandwidth_is_the_score_of_the_widened_mixture():
     assert torch.allclose(exact_phi(particles, abar, bandwidth=1e-4)(x_t.detach().float(), t), point, atol=1e-4)
 
 
-def _exact_ball_prior(colors: list[str], views: int = 6):
-    """ExactPrior of "a ball" made of the toy balls of `colors` from `views` cameras; '' adds a blank image."""
+def _exact_ball_prior(colors: list[str], views: int = 6, more: dict[str, list[str]] | None = None):
+    """ExactPrior of "a ball" made of the toy balls of `colors` from `views` cameras; '' adds a blank image.
+    `more` adds sets, each named set made of the balls of its colours from the same cameras."""
     from diffusers import DDPMScheduler
 
     from splatdreamer.toy.exact import ExactPrior
 
     cameras = sample(views, DEFAULT_RANGES, 32, 32, torch.Generator().manual_seed(3))
     balls = {v.name.split()[0]: v for v in variants("a ball")}
-    images = torch.cat([render_views(balls[c], cameras) for c in colors])
+    of = lambda cs: torch.cat([render_views(balls[c], cameras) for c in cs])  # noqa: E731
+    images = of(colors)
     uncond = torch.cat([images, torch.ones(1, 3, 32, 32)])
+    sets = {"a ball": (images, torch.ones(len(images))), "": (uncond, torch.ones(len(uncond)))}
+    sets |= {name: (of(cs), torch.ones(len(cs) * views)) for name, cs in (more or {}).items()}
     alphas = DDPMScheduler.from_pretrained(SHIPPED, subfolder="scheduler").alphas_cumprod
-    return ExactPrior({"a ball": (images, torch.ones(len(images))), "": (uncond, torch.ones(len(uncond)))}, alphas), images
+    return ExactPrior(sets, alphas), images
 
 
 def test_exact_prior_guides_with_the_exact_denoisers_of_its_sets():
@@ -983,20 +987,12 @@ def test_exact_prior_answers_a_view_dependent_prompt_with_that_views_set():
     """A set named "a ball, front view" is what the loop's front-view prompt asks for; the other views, with no
     set of their own, ask for the plain prompt's. A blue image noised to t = 5 is denoised to itself by the plain
     set (red and blue) and to the red image by the front view's (red only)."""
-    from diffusers import DDPMScheduler
-
     from splatdreamer.prior.text import view_prompt
-    from splatdreamer.toy.exact import ExactPrior
 
-    cameras = sample(1, DEFAULT_RANGES, 32, 32, torch.Generator().manual_seed(3))
-    balls = {v.name.split()[0]: v for v in variants("a ball")}
-    red, blue = (render_views(balls[c], cameras) for c in ("red", "blue"))
-    both = torch.cat([red, blue])
-    alphas = DDPMScheduler.from_pretrained(SHIPPED, subfolder="scheduler").alphas_cumprod
-    sets = {"": (both, torch.ones(2)), "a ball": (both, torch.ones(2)), view_prompt("a ball", "front"): (red, torch.ones(1))}
-    prior = ExactPrior(sets, alphas)
+    prior, both = _exact_ball_prior(["red", "blue"], views=1, more={view_prompt("a ball", "front"): ["red"]})
+    red, blue = both[:1], both[1:]
     text = prior.text_embeddings("a ball")
-    assert text.for_views(["front", "side", "back"]).flatten().tolist() == [2.0, 1.0, 1.0]
+    assert text.for_views(["front", "side", "back"]).flatten().tolist() == [2.0, 0.0, 0.0]  # sets "a ball", "", front
     x0, t = blue * 2 - 1, torch.tensor([5])
     x_t = prior.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), t)
     for label, want in (("side", blue), ("front", red)):
