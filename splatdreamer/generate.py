@@ -198,35 +198,43 @@ def _open_resumed(config: GenerateConfig, given: Collection[str]) -> _RunFolder:
     run_dir = Path(config.resume)
     if not (run_dir / CONFIG).is_file():
         raise ConfigError(f"--resume {run_dir}: no {CONFIG} there; give the folder of an earlier run")
+    _resumed_config(config, given, run_dir)  # a flag the run would ignore is refused even while another process runs it
     lock = RunLock(run_dir)
     lock.acquire()
     try:
-        saved = load_json(run_dir / CONFIG)
-        chosen = {*given, *changed_fields(config, GenerateConfig())}  # a config cannot tell a default from unset
-        differ = [n for n in changed_fields(config, saved) if n in chosen]
-        if "vsd.cfg_scale" in differ and config.vsd.guidance() == saved.vsd.guidance():
-            differ.remove("vsd.cfg_scale")  # the run's None is its mode's usual scale: 7.5 typed on VSD asks for it
-        ignored = [n for n in differ if n not in RESUME_FLAGS]
-        if ignored:
-            shown = ", ".join(f"--{n.replace('_', '-')} {get_field(config, n)!r} (the run has {get_field(saved, n)!r})"
-                              for n in ignored)  # fmt: skip
-            one = len(ignored) == 1
-            raise ConfigError(
-                f"--resume continues a run with its own {CONFIG}, so {shown} would be ignored; drop "
-                f"{'it' if one else 'them'} (only --steps may change: the run's new length, at least the steps done), "
-                f"or start a new run from it with --config {run_dir / CONFIG} and {'that flag' if one else 'those flags'}"
-            )
-        notes = []
-        if "steps" in differ:
-            notes.append(f"--steps {config.steps} applied to the resumed run: it now ends at step {config.steps} "
-                         f"instead of {saved.steps}")  # fmt: skip
-            saved.steps = config.steps
-        saved.resume = run_dir
-        saved.validate()
+        saved, notes = _resumed_config(config, given, run_dir)  # again under the lock: the holder may have changed it
     except BaseException:
         lock.release()
         raise
     return _RunFolder(saved, run_dir, lock, created=[], replace=False, notes=notes)
+
+
+def _resumed_config(config: GenerateConfig, given: Collection[str], run_dir: Path) -> tuple[GenerateConfig, list[str]]:
+    """The run's own config with the allowed flags applied, and what was applied; `ConfigError` for any other flag
+    that differs from the run's (a resumed run keeps its config)."""
+    saved = load_json(run_dir / CONFIG)
+    chosen = {*given, *changed_fields(config, GenerateConfig())}  # a config cannot tell a default from unset
+    differ = [n for n in changed_fields(config, saved) if n in chosen]
+    if "vsd.cfg_scale" in differ and config.vsd.guidance() == saved.vsd.guidance():
+        differ.remove("vsd.cfg_scale")  # the run's None is its mode's usual scale: 7.5 typed on VSD asks for it
+    ignored = [n for n in differ if n not in RESUME_FLAGS]
+    if ignored:
+        shown = ", ".join(f"--{n.replace('_', '-')} {get_field(config, n)!r} (the run has {get_field(saved, n)!r})"
+                          for n in ignored)  # fmt: skip
+        one = len(ignored) == 1
+        raise ConfigError(
+            f"--resume continues a run with its own {CONFIG}, so {shown} would be ignored; drop "
+            f"{'it' if one else 'them'} (only --steps may change: the run's new length, at least the steps done), "
+            f"or start a new run from it with --config {run_dir / CONFIG} and {'that flag' if one else 'those flags'}"
+        )
+    notes = []
+    if "steps" in differ:
+        notes.append(f"--steps {config.steps} applied to the resumed run: it now ends at step {config.steps} "
+                     f"instead of {saved.steps}")  # fmt: skip
+        saved.steps = config.steps
+    saved.resume = run_dir
+    saved.validate()
+    return saved, notes
 
 
 def _make_folders(run_dir: Path) -> list[Path]:

@@ -649,6 +649,23 @@ def test_resume_refuses_flags_it_would_ignore_and_applies_more_steps(finished_ru
     assert json.loads((run_dir / "config.json").read_text())["steps"] == 6
 
 
+def test_resume_names_a_flag_it_would_ignore_even_while_another_process_runs_it(finished_run, tmp_path, capsys):
+    """A flag the resumed run would ignore is the command's own mistake: it is named whether or not the run is in
+    use elsewhere (it used to be hidden behind "in use by another run"); a valid resume of a run in use waits."""
+    from splatdreamer.io.lock import RunLock
+
+    run_dir = copy_run(finished_run, tmp_path)
+    before = files_of(run_dir)
+    with RunLock(run_dir):  # another `generate` holds the run
+        assert main(["generate", "--resume", str(run_dir), "--seed", "5"]) == 2
+        assert "--seed 5 (the run has 3) would be ignored; drop it" in capsys.readouterr().err
+        assert main(["generate", "--resume", str(run_dir), "--steps", "6"]) == 2
+        assert "is in use by another splatdreamer run" in capsys.readouterr().err
+    assert files_of(run_dir) == before
+    assert main(["generate", "--resume", str(run_dir), "--steps", "6"]) == 0
+    assert metric_steps(run_dir) == [1, 2, 3, 4, 5, 6]
+
+
 def test_resume_steps_is_the_runs_new_length_and_may_shorten_an_unfinished_run(tiny_prior, tmp_path, capsys):
     """Found by a hostile-input pass: docs/usage.md said --steps on --resume lengthens a run, but it sets the run's
     length, which may also end an unfinished run earlier; only fewer steps than were done is refused."""
