@@ -50,7 +50,7 @@ from splatdreamer.toy.data import (
 from splatdreamer.toy.data import render_views as render_truth
 from splatdreamer.toy.evaluate import colors_table, parse_method, picture, scored_row, table
 from splatdreamer.toy.exact import ExactPrior, WithExactPhi, camera_phi, exact_eps
-from splatdreamer.toy.objects import EVAL_PROMPTS, PROMPTS, variants
+from splatdreamer.toy.objects import EVAL_PROMPTS, variants
 from splatdreamer.toy.sample import ancestral_sample
 from splatdreamer.vsd import guidance_at
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = DDPMScheduler.from_pretrained(resolve_prior_name("toy"), subfolder="scheduler")
     rows = []
     for prompt in args.prompts:
-        mine = (data.prompt_index == PROMPTS.index(prompt)).nonzero()[:, 0]
+        mine = groups[prompt]
         sets = {"": (images, uncond_weights), prompt: (images[mine], torch.ones(len(mine)))}
         if args.views:
             for label in cams.VIEW_LABELS:

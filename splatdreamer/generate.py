@@ -198,11 +198,14 @@ def _open_resumed(config: GenerateConfig, given: Collection[str]) -> _RunFolder:
     run_dir = Path(config.resume)
     if not (run_dir / CONFIG).is_file():
         raise ConfigError(f"--resume {run_dir}: no {CONFIG} there; give the folder of an earlier run")
-    _resumed_config(config, given, run_dir)  # a flag the run would ignore is refused even while another process runs it
     lock = RunLock(run_dir)
-    lock.acquire()
     try:
-        saved, notes = _resumed_config(config, given, run_dir)  # again under the lock: the holder may have changed it
+        lock.acquire()
+    except RunFolderError:
+        _resumed_config(config, given, run_dir)  # a flag the run would ignore is named before "in use elsewhere"
+        raise
+    try:
+        saved, notes = _resumed_config(config, given, run_dir)
     except BaseException:
         lock.release()
         raise
