@@ -152,6 +152,28 @@ def test_check_prior_measures_a_supersampled_priors_samples_against_references_m
     assert abs(size(2) - 1.0) < 0.05 and size(1) < 0.95, (size(2), size(1))
 
 
+def test_cond_object_scale_moves_one_colour_of_a_ball_and_its_own_prompt(tmp_path):
+    """`--cond-object-scale "green ball" 0.5` halves the green ball's captioned draws under both prompts that show
+    it ("a green ball" and "a ball"), leaves the other colours of "a ball" alike, and composes with --prompt-scale."""
+    data = load_or_render(ToyDataConfig(views_per_prompt=8, resolution=16, seed=3), tmp_path)
+    names = object_names(data)
+    weights = conditional_weights(data, {"a ball": 2.0}, {"green ball": 0.5})
+    g = torch.Generator().manual_seed(0)
+    index = torch.multinomial(weights, 40000, replacement=True, generator=g)
+    ball = data.prompt_index[index] == PROMPTS.index("a ball")
+    colours = Counter(names[i] for i in index[ball].tolist())
+    # "a ball": 2 views per colour here, green at half weight -> shares 1:1:0.5:1 of 3.5
+    assert abs(colours["green ball"] / ball.sum().item() - 0.5 / 3.5) < 0.015, colours
+    assert abs(colours["red ball"] / ball.sum().item() - 1 / 3.5) < 0.015, colours
+    own = data.prompt_index[index] == PROMPTS.index("a green ball")
+    red = data.prompt_index[index] == PROMPTS.index("a red ball")
+    assert abs(own.sum().item() / red.sum().item() - 0.5) < 0.04  # the green ball's own prompt is halved too
+    # "a ball"'s total: 8 images at 2 x (1 + 1 + 0.5 + 1) / 4 = 1.75 per image against 1 for "a red ball"
+    assert abs(ball.sum().item() / red.sum().item() - 1.75) < 0.08
+    with pytest.raises(ConfigError, match="object_scale"):
+        conditional_weights(data, {}, {"purple ball": 1.0})
+
+
 def test_unconditional_examples_show_every_object_equally_often(tmp_path):
     """Guidance weighs samples by p(x | y) / p(x): an object commoner under p(x) (each ball, shared between
     "a ball" and its own prompt) would be suppressed. The empty-prompt draws give each distinct object the same share."""
@@ -197,6 +219,8 @@ def test_prompt_and_object_scales_reweight_the_draws(tmp_path):
     assert abs(drawn.count("green cone") / len(drawn) - 1 / 7.5) < 0.03
     with pytest.raises(ConfigError, match="prompt_scale"):
         ToyTrainConfig(prompt_scale={"a bal": 2.0})
+    with pytest.raises(ConfigError, match="cond_object_scale"):
+        ToyTrainConfig(cond_object_scale={"green bal": 0.6})
     with pytest.raises(ConfigError, match="uncond_object_scale"):
         ToyTrainConfig(uncond_object_scale={"blue cube": 0.0})
     with pytest.raises(ConfigError, match="object_scale"):

@@ -235,13 +235,19 @@ def unconditional_weights(dataset: ToyDataset, object_scale: dict[str, float] | 
     return torch.tensor([scale.get(name, 1.0) / counts[name] for name in names], dtype=torch.float64)
 
 
-def conditional_weights(dataset: ToyDataset, prompt_scale: dict[str, float] | None = None) -> Tensor:
+def conditional_weights(
+    dataset: ToyDataset, prompt_scale: dict[str, float] | None = None, object_scale: dict[str, float] | None = None
+) -> Tensor:
     """[N] sampling weights of the conditional (captioned) examples: uniform over images, so every prompt has
     the same share, times `prompt_scale` for chosen prompts (e.g. {"a ball": 3}: the ambiguous prompt must
-    learn a four-way split from a quarter of the examples per colour that the other prompts get)."""
+    learn a four-way split from a quarter of the examples per colour that the other prompts get), times
+    `object_scale` for the images of chosen objects under every prompt that shows them (e.g. {"green ball": 0.6}
+    draws the green ball less often under both "a green ball" and "a ball")."""
     scale = check_scale("prompt_scale", prompt_scale or {}, PROMPTS)
     factor = torch.tensor([scale.get(p, 1.0) for p in PROMPTS], dtype=torch.float64)
-    return factor[dataset.prompt_index]
+    objects = check_scale("object_scale", object_scale or {}, world_objects())
+    per_object = torch.tensor([objects.get(name, 1.0) for name in object_names(dataset)], dtype=torch.float64)
+    return factor[dataset.prompt_index] * per_object
 
 
 def draw_batch(

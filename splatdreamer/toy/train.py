@@ -111,6 +111,11 @@ class ToyTrainConfig:
     uncond_object_scale: dict[str, float] = field(default_factory=dict)
     """Factors on chosen objects' shares of the empty-prompt draws, e.g. `--uncond-object-scale "blue cube" 0.5`
     (default: every object equally often; see `toy.data.unconditional_weights`)."""
+    cond_object_scale: dict[str, float] = field(default_factory=dict)
+    """Factors on chosen objects' shares of the captioned draws, under every prompt that shows them, e.g.
+    `--cond-object-scale "green ball" 0.6` (default: every image equally often; see
+    `toy.data.conditional_weights`). Made for "a ball"'s balance at CFG 1, which guidance does not touch: the
+    priors trained on supersampled images drew it green 37-41 % of the time (docs/benchmarks.md)."""
     loss_weighting: Literal["epsilon", "snr+1"] = "epsilon"
     """Per-timestep weight of the epsilon loss. "epsilon": 1 (Ho et al. 2020). "snr+1": 1 / abar_t, capped at
     max_loss_weight, which weights the x0 error by SNR + 1 as v-prediction's loss does (Salimans & Ho 2022,
@@ -219,6 +224,7 @@ class ToyTrainConfig:
                               "--cross-prompt-pairs")  # fmt: skip
         check_scale("prompt_scale", self.prompt_scale, PROMPTS)
         check_scale("uncond_object_scale", self.uncond_object_scale, world_objects())
+        check_scale("cond_object_scale", self.cond_object_scale, world_objects())
         if self.data.resolution != self.model.resolution:
             raise ConfigError(
                 f"data.resolution ({self.data.resolution}) and model.resolution ({self.model.resolution}) differ; "
@@ -450,8 +456,9 @@ def train(config: ToyTrainConfig) -> TrainResult:
     print(f"data: {len(data)} images of {config.data.resolution}px ({time.time() - start:.0f} s)", flush=True)
     images = data.images.float() / 127.5 - 1.0  # [N, 3, H, W] in [-1, 1]
     uncond_weights = unconditional_weights(data, config.uncond_object_scale)
-    # None keeps the uniform draw (randint), so runs without --prompt-scale draw the batches they always drew.
-    cond_weights = conditional_weights(data, config.prompt_scale) if config.prompt_scale else None
+    # None keeps the uniform draw (randint), so runs without either scale draw the batches they always drew.
+    reweighted = config.prompt_scale or config.cond_object_scale
+    cond_weights = conditional_weights(data, config.prompt_scale, config.cond_object_scale) if reweighted else None
     exact = config.target == "posterior" or config.guided_weight > 0 or config.cross_prompt_batch > 0
     targets = PosteriorTargets(data, images, uncond_weights) if exact else None
     # The cross-prompt examples: "all" keeps the plain draw over every image (None), as X was trained.
