@@ -50,7 +50,7 @@ from splatdreamer.toy.data import (
 from splatdreamer.toy.data import render_views as render_truth
 from splatdreamer.toy.evaluate import colors_table, parse_method, picture, scored_row, table
 from splatdreamer.toy.exact import ExactPrior, WithExactPhi, camera_phi, exact_eps
-from splatdreamer.toy.objects import EVAL_PROMPTS, variants
+from splatdreamer.toy.objects import EVAL_PROMPTS, PROMPTS, variants
 from splatdreamer.toy.sample import ancestral_sample
 from splatdreamer.vsd import guidance_at
 
@@ -75,7 +75,8 @@ def guided_size(prompt: str, images: torch.Tensor, mine: torch.Tensor, uncond_we
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", nargs="+", default=list(EVAL_PROMPTS))
+    ap.add_argument("--prompts", nargs="+", default=list(EVAL_PROMPTS), choices=PROMPTS, metavar="PROMPT",
+                    help=f"toy prompts (default: {', '.join(EVAL_PROMPTS)}; any of: {', '.join(PROMPTS)})")
     ap.add_argument("--methods", nargs="+", default=["vsd-7.5", "sds-7.5"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="3D steps (default: the toy preset's)")

@@ -71,3 +71,12 @@ def test_object_scale_text_parses_and_refuses_what_toy_train_refuses():
     for bad in ("purple ball=2", "blue cube=0", "blue cube=x", "blue cube"):
         with pytest.raises(ConfigError, match="takes factors in"):
             parse_object_scale(bad)
+
+
+def test_an_unknown_prompt_is_refused_by_name_before_any_data_is_rendered(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("measure_exact_world").main(["--prompts", "a purple ball", "--data-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'a purple ball'" in err and "a red ball" in err, err  # names the bad prompt and the ones there are
+    assert not any(tmp_path.iterdir())  # refused before rendering a dataset
