@@ -241,7 +241,7 @@ def conditional_weights(
     """[N] sampling weights of the conditional (captioned) examples: uniform over images, so every prompt has
     the same share, times `prompt_scale` for chosen prompts (e.g. {"a ball": 3}: the ambiguous prompt must
     learn a four-way split from a quarter of the examples per colour that the other prompts get), times
-    `object_scale` for the images of chosen objects under every prompt that shows them (e.g. {"green ball": 0.6}
+    `object_scale` for the images of chosen objects under every prompt that shows them (e.g. {"green ball": 0.5}
     draws the green ball less often under both "a green ball" and "a ball")."""
     scale = check_scale("prompt_scale", prompt_scale or {}, PROMPTS)
     factor = torch.tensor([scale.get(p, 1.0) for p in PROMPTS], dtype=torch.float64)

@@ -113,9 +113,10 @@ class ToyTrainConfig:
     (default: every object equally often; see `toy.data.unconditional_weights`)."""
     cond_object_scale: dict[str, float] = field(default_factory=dict)
     """Factors on chosen objects' shares of the captioned draws, under every prompt that shows them, e.g.
-    `--cond-object-scale "green ball" 0.6` (default: every image equally often; see
+    `--cond-object-scale "green ball" 0.5` (default: every image equally often; see
     `toy.data.conditional_weights`). Made for "a ball"'s balance at CFG 1, which guidance does not touch: the
-    priors trained on supersampled images drew it green 37-41 % of the time (docs/benchmarks.md)."""
+    priors trained on supersampled images drew it green 37-41 % of the time, and 23 % with this factor at 0.5
+    (docs/benchmarks.md, "A thirteenth prior")."""
     loss_weighting: Literal["epsilon", "snr+1"] = "epsilon"
     """Per-timestep weight of the epsilon loss. "epsilon": 1 (Ho et al. 2020). "snr+1": 1 / abar_t, capped at
     max_loss_weight, which weights the x0 error by SNR + 1 as v-prediction's loss does (Salimans & Ho 2022,
