@@ -20,6 +20,10 @@ whose camera has that label), so that the loop's view-dependent prompts are answ
 the labelled images; without it every view asks for all of the prompt's images. `--picture PATH` writes
 `toy eval`'s picture of the first seed's particles.
 
+`--supersample 2` makes the exact prior's images as `toy train --data.supersample 2` makes a prior's (rendered
+at twice the size, averaged 2 x 2) and renders the particles at twice the size, as `generate` does on such a
+prior: the ceiling of a prior trained on supersampled images.
+
 `--cfg-max-t T` guides only at t <= T, as `splatdreamer generate --vsd.cfg-max-t`. `--prior DIR` puts a trained
 prior (a `toy train` directory, or `toy`) in the exact prior's place and keeps VSD's phi exact, so that with
 `toy eval` on the same prior (the LoRA phi) the three runs split VSD's gap to SDS into the loop's, the prior's
@@ -35,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from PIL import Image
 
@@ -56,8 +61,10 @@ from splatdreamer.vsd import guidance_at
 
 
 def guided_size(prompt: str, images: torch.Tensor, mine: torch.Tensor, uncond_weights: torch.Tensor,
-                scheduler: DDPMScheduler, cfg: float, cfg_max_t: int | None, samples: int) -> float:  # fmt: skip
-    """Mean size of the exact prior's guided ancestral samples of `prompt` (50 DDPM steps, seed 0)."""
+                scheduler: DDPMScheduler, cfg: float, cfg_max_t: int | None, samples: int,
+                supersample: int = 1) -> float:  # fmt: skip
+    """Mean size of the exact prior's guided ancestral samples of `prompt` (50 DDPM steps, seed 0), against the
+    truth made as the images were (rendered `supersample` times bigger, then averaged down)."""
     abar = scheduler.alphas_cumprod
     cond = exact_eps(images[mine] * 2 - 1, torch.ones(len(mine)), abar)
     uncond = exact_eps(images * 2 - 1, uncond_weights, abar)
@@ -68,8 +75,11 @@ def guided_size(prompt: str, images: torch.Tensor, mine: torch.Tensor, uncond_we
 
     x = ancestral_sample(eps, scheduler, (samples, *images.shape[1:]), 50, torch.Generator().manual_seed(0))
     size = images.shape[-1]
-    references = cams.sample(48, cams.DEFAULT_RANGES, size, size, torch.Generator().manual_seed(1))
-    truth = torch.cat([measure.foreground(render_truth(v, references)) for v in variants(prompt)])
+    big = size * supersample
+    references = cams.sample(48, cams.DEFAULT_RANGES, big, big, torch.Generator().manual_seed(1))
+    truth = torch.cat([
+        measure.foreground(F.avg_pool2d(render_truth(v, references), supersample)) for v in variants(prompt)
+    ])  # fmt: skip
     return measure.size_ratio(measure.foreground(x, measure.border_color(x)), truth).mean().item()
 
 
@@ -90,6 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-dir", default=".toydata", help="cache of the rendered dataset (as `toy train`)")
     ap.add_argument("--views-per-prompt", type=int, default=ToyDataConfig.views_per_prompt,
                     help="training images per prompt (default: the toy prior's)")
+    ap.add_argument(
+        "--supersample", type=int, default=1,
+        help="the exact prior's images rendered this many times bigger and averaged down, and the loop's renders "
+        "at that size (as a prior trained with `toy train --data.supersample`)",
+    )
     ap.add_argument("--prior", default="exact", help="exact (default), or a trained prior (DIR or toy) with exact phi")
     ap.add_argument("--views", action="store_true", help="a set per view label for the view-dependent prompts")
     ap.add_argument("--picture", default=None, help="write the picture of the first seed's particles here (PNG)")
@@ -97,7 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    data = load_or_render(ToyDataConfig(views_per_prompt=args.views_per_prompt), args.data_dir)
+    if args.supersample < 1:
+        ap.error(f"--supersample must be 1 or more, not {args.supersample}")
+    data = load_or_render(
+        ToyDataConfig(views_per_prompt=args.views_per_prompt, supersample=args.supersample), args.data_dir
+    )
     images = data.images.float() / 255
     uncond_weights = unconditional_weights(data, parse_object_scale(args.uncond_object_scale))
     groups = caption_groups(data)
@@ -113,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
         for method in args.methods:
             mode, cfg = parse_method(method)
             if args.samples and args.prior == "exact":
-                size = guided_size(prompt, images, mine, uncond_weights, scheduler, cfg, args.cfg_max_t, args.samples)
+                size = guided_size(
+                    prompt, images, mine, uncond_weights, scheduler, cfg, args.cfg_max_t, args.samples,
+                    args.supersample,
+                )
                 print(f"exact prior's own samples of {prompt!r} at CFG {cfg:g}: size {size:.2f}", flush=True)
             for seed in args.seeds:
                 config = presets.toy()
@@ -124,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
                 config.vsd = dataclasses.replace(
                     config.vsd, mode=mode, cfg_scale=cfg, cfg_max_t=args.cfg_max_t, phi_min_t=args.phi_min_t
                 )
+                if args.supersample > 1:  # renders at the images' rendering size; the prior sees their mean
+                    size = images.shape[-1] * args.supersample
+                    config.splats = dataclasses.replace(config.splats, resolution=size)
                 if args.prior == "exact":
                     prior = ExactPrior(sets, scheduler.alphas_cumprod)
                 else:

@@ -80,3 +80,39 @@ def test_an_unknown_prompt_is_refused_by_name_before_any_data_is_rendered(tmp_pa
     err = capsys.readouterr().err
     assert "'a purple ball'" in err and "a red ball" in err, err  # names the bad prompt and the ones there are
     assert not any(tmp_path.iterdir())  # refused before rendering a dataset
+
+
+def test_supersample_renders_at_twice_the_size_and_the_exact_prior_sees_their_mean(tmp_path, capsys, monkeypatch):
+    """`--supersample 2`: the loop renders at 64 px and the exact prior (32-px sets of the supersampled dataset) is
+    handed their 2 x 2 mean, as a `DiffusionPrior` is."""
+    script = load_script("measure_exact_world")
+    sizes, priors, sets = [], [], []
+
+    class SpyGeneration(script.Generation):
+        def __init__(self, config, *args, **kwargs):
+            super().__init__(config, *args, **kwargs)
+            sizes.append(self.resolution)
+
+    class SpyPrior(script.ExactPrior):
+        def __init__(self, given, *args, **kwargs):
+            super().__init__(given, *args, **kwargs)
+            sets.append(given)
+            priors.append(self)
+
+    monkeypatch.setattr(script, "Generation", SpyGeneration)
+    monkeypatch.setattr(script, "ExactPrior", SpyPrior)
+    torch.manual_seed(0)
+    script.main([
+        "--prompts", "a blue cube", "--methods", "sds-7.5", "--seeds", "0", "--steps", "2", "--samples", "0",
+        "--views-per-prompt", "16", "--data-dir", str(tmp_path), "--supersample", "2",
+    ])  # fmt: skip
+    assert sizes == [64]
+    prior = priors[0]
+    assert prior.resolution == 32
+    big = torch.rand(2, 3, 64, 64)
+    assert torch.allclose(prior.encode_images(big), torch.nn.functional.avg_pool2d(big, 2) * 2 - 1, atol=1e-6)
+    supersampled = load_or_render(ToyDataConfig(views_per_prompt=16, supersample=2), tmp_path).images.float() / 255
+    direct = load_or_render(ToyDataConfig(views_per_prompt=16), tmp_path).images.float() / 255
+    assert torch.equal(sets[0][""][0], supersampled) and not torch.equal(supersampled, direct)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| a blue cube |")]
+    assert rows and 0.0 < float(re.split(r"\s*\|\s*", rows[0])[4]) <= 1.0, rows

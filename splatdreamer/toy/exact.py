@@ -26,6 +26,7 @@ from diffusers import DDPMScheduler
 from torch import Tensor
 
 from splatdreamer.cameras import VIEW_LABELS
+from splatdreamer.prior.diffusion import resize_renders
 from splatdreamer.prior.text import TextEmbeddings, view_prompt
 from splatdreamer.toy.sample import ancestral_sample
 
@@ -235,9 +236,9 @@ class ExactPrior:
         return 1, 1  # a set's name is one token: nothing is cut
 
     def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """[B, 3, H, W] in [0, 1] -> the image in [-1, 1] (pixel space)."""
-        assert images.shape[-2:] == (self.resolution, self.resolution), images.shape
-        return images * 2.0 - 1.0
+        """[B, 3, H, W] in [0, 1] -> the image in [-1, 1] (pixel space), resized to the sets' size first as
+        `DiffusionPrior.encode_images` resizes (renders at twice the size arrive as their 2 x 2 mean)."""
+        return resize_renders(images, self.resolution) * 2.0 - 1.0
 
     def decode_latents(self, latents: Tensor) -> Tensor:
         return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
