@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.supersample < 1:
         ap.error(f"--supersample must be 1 or more, not {args.supersample}")
+    if args.supersample > 1 and args.prior != "exact":
+        ap.error("--supersample sets the exact prior's images; a trained prior renders at the factor its own "
+                 "training.json records, so drop --supersample with --prior")  # fmt: skip
     data = load_or_render(
         ToyDataConfig(views_per_prompt=args.views_per_prompt, supersample=args.supersample), args.data_dir
     )
@@ -147,8 +150,8 @@ def main(argv: list[str] | None = None) -> None:
                     config.vsd, mode=mode, cfg_scale=cfg, cfg_max_t=args.cfg_max_t, phi_min_t=args.phi_min_t
                 )
                 if args.supersample > 1:  # renders at the images' rendering size; the prior sees their mean
-                    size = images.shape[-1] * args.supersample
-                    config.splats = dataclasses.replace(config.splats, resolution=size)
+                    render_size = images.shape[-1] * args.supersample
+                    config.splats = dataclasses.replace(config.splats, resolution=render_size)
                 if args.prior == "exact":
                     prior = ExactPrior(sets, scheduler.alphas_cumprod)
                 else:

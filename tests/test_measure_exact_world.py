@@ -116,3 +116,15 @@ def test_supersample_renders_at_twice_the_size_and_the_exact_prior_sees_their_me
     assert torch.equal(sets[0][""][0], supersampled) and not torch.equal(supersampled, direct)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| a blue cube |")]
     assert rows and 0.0 < float(re.split(r"\s*\|\s*", rows[0])[4]) <= 1.0, rows
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--supersample", "0"], "--supersample must be 1 or more"),
+    (["--supersample", "2", "--prior", "toy"], "drop --supersample with --prior"),
+])  # fmt: skip
+def test_a_supersample_the_run_could_not_honour_is_refused_before_any_data_is_rendered(tmp_path, capsys, argv, named):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("measure_exact_world").main([*argv, "--data-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before the dataset was rendered
