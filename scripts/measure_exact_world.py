@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from PIL import Image
 
@@ -50,9 +49,8 @@ from splatdreamer.prior import DiffusionPrior
 from splatdreamer.prior.text import view_prompt
 from splatdreamer.toy import measure
 from splatdreamer.toy.data import (
-    ToyDataConfig, caption_groups, load_or_render, parse_object_scale, unconditional_weights,
+    ToyDataConfig, caption_groups, load_or_render, parse_object_scale, render_as_data, unconditional_weights,
 )  # fmt: skip
-from splatdreamer.toy.data import render_views as render_truth
 from splatdreamer.toy.evaluate import colors_table, parse_method, picture, scored_row, table
 from splatdreamer.toy.exact import ExactPrior, WithExactPhi, camera_phi, exact_eps
 from splatdreamer.toy.objects import EVAL_PROMPTS, PROMPTS, variants
@@ -78,7 +76,7 @@ def guided_size(prompt: str, images: torch.Tensor, mine: torch.Tensor, uncond_we
     big = size * supersample
     references = cams.sample(48, cams.DEFAULT_RANGES, big, big, torch.Generator().manual_seed(1))
     truth = torch.cat([
-        measure.foreground(F.avg_pool2d(render_truth(v, references), supersample)) for v in variants(prompt)
+        measure.foreground(render_as_data(v, references, supersample)) for v in variants(prompt)
     ])  # fmt: skip
     return measure.size_ratio(measure.foreground(x, measure.border_color(x)), truth).mean().item()
 

@@ -83,6 +83,14 @@ def render_views(obj: ToyObject, cameras: Cameras, backend: str = "reference", c
     return torch.cat(out)
 
 
+def render_as_data(
+    obj: ToyObject, cameras: Cameras, supersample: int = 1, backend: str = "reference", chunk: int = 64
+) -> Tensor:
+    """[C, 3, H, W] renders made as the dataset makes its images: `cameras` sized `supersample` times the image,
+    each s x s block averaged (s = 1: the renders themselves). Truth to compare samples with is made this way."""
+    return F.avg_pool2d(render_views(obj, cameras, backend, chunk), supersample)
+
+
 def render_dataset(config: ToyDataConfig) -> ToyDataset:
     """Render every prompt from `views_per_prompt` random cameras (seeded, so the dataset is reproducible)."""
     g = torch.Generator().manual_seed(config.seed)
@@ -96,8 +104,7 @@ def render_dataset(config: ToyDataConfig) -> ToyDataset:
         for v, obj in enumerate(objs):
             idx = (which == v).nonzero()[:, 0]
             if len(idx):  # fewer views than variants leaves some variants out
-                views = render_views(obj, cameras[idx], config.backend, config.chunk)
-                rgb[idx] = F.avg_pool2d(views, config.supersample)  # the s x s mean; s = 1: the views themselves
+                rgb[idx] = render_as_data(obj, cameras[idx], config.supersample, config.backend, config.chunk)
         images.append((rgb * 255).round().to(torch.uint8))
         prompt_index.append(torch.full((config.views_per_prompt,), p))
         variant_index.append(which)

@@ -6,13 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import Tensor
 
 from splatdreamer.cameras import DEFAULT_RANGES, sample
 from splatdreamer.toy import measure
-from splatdreamer.toy.data import render_views
+from splatdreamer.toy.data import render_as_data
 from splatdreamer.toy.model import ToyPriorParts, encode_prompts
 from splatdreamer.toy.objects import PROMPTS, true_colors, variants
 from splatdreamer.vsd import guidance_at
@@ -121,7 +120,7 @@ def check_prior(
         background = measure.border_color(imgs)
         mask = measure.foreground(imgs, background)
         references = torch.cat([
-            measure.foreground(F.avg_pool2d(render_views(v, cameras), supersample)) for v in variants(prompt)
+            measure.foreground(render_as_data(v, cameras, supersample)) for v in variants(prompt)
         ])  # fmt: skip
         palette = true_colors(prompt)
         core = measure.interior(mask)  # colours are judged off the rim, where anti-aliasing blends in background
