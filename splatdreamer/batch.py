@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import resource
 import signal
 import socket
 import threading
@@ -492,8 +493,29 @@ def _merge_with_manifest(runs, old: dict[str, RunEntry], overwrite: bool):
     return entries, todo
 
 
+# Ray's own floor for an object store (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES is 75 MiB), with room.
+_MIN_OBJECT_STORE = 100 * 1024**2
+
+
+def _object_store_bytes() -> int | None:
+    """The local object store's size when this process's address space is limited (`ulimit -v`), else None.
+
+    Ray sizes the store at 30 % of the machine's memory and maps all of it into every worker; under an
+    address-space limit that map fails, each worker dies as it starts and Ray starts another, so a batch waited
+    forever without a word. An eighth of the limit leaves the rest for torch; the runs pass only small results
+    through the store. Ray's own RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES, when set, is left to decide."""
+    if "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES" in os.environ:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(soft // 8, _MIN_OBJECT_STORE)
+
+
 def _init_ray(ray, address: str | None, num_cpus: int | None) -> None:
     local = {"num_cpus": num_cpus, "include_dashboard": False} if address is None else {}
+    if address is None and (store := _object_store_bytes()) is not None:
+        local["object_store_memory"] = store
     main_thread = threading.current_thread() is threading.main_thread()
     on_term = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:

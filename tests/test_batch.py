@@ -7,12 +7,14 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -538,6 +540,49 @@ def test_init_ray_keeps_the_clis_sigterm_handler(monkeypatch):
         assert signal.getsignal(signal.SIGTERM) is ours
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize(
+    "limit, address, ray_variable, expected",
+    [
+        (8 * 1024**3, None, None, 1024**3),  # an eighth of an 8 GiB address space
+        (512 * 1024**2, None, None, 100 * 1024**2),  # never under the floor Ray accepts
+        (8 * 1024**3, None, "2000000000", None),  # Ray's own variable decides
+        (8 * 1024**3, "ray://head:10001", None, None),  # a cluster's store is the cluster's
+        (None, None, None, None),  # no limit: Ray's default
+    ],
+)
+def test_a_local_object_store_is_sized_to_an_address_space_limit(monkeypatch, limit, address, ray_variable, expected):
+    """Under `ulimit -v` Ray's default store (30 % of the machine's memory, mapped into every worker) cannot be
+    mapped, workers die as they start and the batch waited silently (the end-to-end test below)."""
+    import resource
+
+    from splatdreamer.batch import _init_ray
+
+    soft = resource.RLIM_INFINITY if limit is None else limit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (soft, resource.RLIM_INFINITY))
+    monkeypatch.delenv("RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES", raising=False)
+    if ray_variable is not None:
+        monkeypatch.setenv("RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES", ray_variable)
+    seen = {}
+    _init_ray(types.SimpleNamespace(init=lambda **kwargs: seen.update(kwargs)), address, 2)
+    assert seen.get("object_store_memory") == expected
+
+
+@pytest.mark.slow
+def test_a_batch_under_an_address_space_limit_runs(tmp_path, ray_env):
+    """Before the store was sized to the limit, this batch printed nothing and waited until it was killed."""
+    prompts = write(tmp_path / "prompts.txt", "a red ball\n")
+    out = tmp_path / "out"
+    cli = Path(sys.executable).parent / "splatdreamer"
+    command = shlex.join([str(cli), "batch", "--prompts-file", str(prompts), "--out-dir", str(out), *TINY])
+    env = {**ray_env, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES", None)
+    done = subprocess.run(["bash", "-c", f"ulimit -v 8000000 && exec {command}"], env=env, capture_output=True,
+                          text=True, timeout=180, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert manifest(out)["a_red_ball-s0"]["status"] == "done"
+    assert load_ply(out / "a_red_ball-s0" / "particle_0.ply")["means"].shape[0] > 0
 
 
 def test_batch_refuses_wrong_python_arguments_before_ray_starts(tmp_path, monkeypatch):
