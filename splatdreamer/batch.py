@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import resource
 import signal
 import socket
 import threading
@@ -33,6 +32,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+
+try:
+    import resource  # Unix only; elsewhere there is no address-space limit to size the store to
+except ImportError:  # pragma: no cover
+    resource = None
 
 from tqdm.auto import tqdm
 
@@ -504,7 +508,7 @@ def _object_store_bytes() -> int | None:
     address-space limit that map fails, each worker dies as it starts and Ray starts another, so a batch waited
     forever without a word. An eighth of the limit leaves the rest for torch; the runs pass only small results
     through the store. Ray's own RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES, when set, is left to decide."""
-    if "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES" in os.environ:
+    if resource is None or "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES" in os.environ:
         return None
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY:
