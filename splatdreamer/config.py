@@ -68,8 +68,12 @@ class VSDConfig:
     mode: Literal["vsd", "sds"] = "vsd"
     """vsd = ProlificDreamer; sds = DreamFusion's baseline (eps_phi replaced by the sampled noise)."""
     cfg_scale: float | None = None
-    """Classifier-free guidance of the pretrained score; None = 7.5 for vsd (official run.sh --scale 7.5) and 100 for
-    sds (DreamFusion Sec. 3.2)."""
+    """Classifier-free guidance of the pretrained score, in either mode; None = the mode's own scale
+    (--vsd.cfg-scale-vsd, --vsd.cfg-scale-sds)."""
+    cfg_scale_vsd: float = 7.5
+    """The scale of --vsd.mode vsd when --vsd.cfg-scale is None (official run.sh --scale 7.5; the toy preset uses 1)."""
+    cfg_scale_sds: float = 100.0
+    """The scale of --vsd.mode sds when --vsd.cfg-scale is None (DreamFusion Sec. 3.2: 100)."""
     cfg_max_t: int | None = None
     """Guide the pretrained score only at t <= this; above it the score is unguided (CFG 1), guidance in a limited
     interval (Kynkäänniemi et al. 2024). None: guidance at every t, as the official code. High-noise guidance
@@ -105,7 +109,7 @@ class VSDConfig:
         """The CFG scale this run uses: `cfg_scale`, or the mode's usual value when it is None."""
         if self.cfg_scale is not None:
             return self.cfg_scale
-        return 7.5 if self.mode == "vsd" else 100.0
+        return self.cfg_scale_vsd if self.mode == "vsd" else self.cfg_scale_sds
 
 
 @dataclass
@@ -424,6 +428,8 @@ BOUNDS: dict[str, Bound] = {
     "prior.camera_dropout": Bound(0, 1),
     "prior.phi_cfg_scale": NON_NEGATIVE,
     "vsd.cfg_scale": NON_NEGATIVE,
+    "vsd.cfg_scale_vsd": NON_NEGATIVE,
+    "vsd.cfg_scale_sds": NON_NEGATIVE,
     "vsd.anneal_step": NON_NEGATIVE,
     "vsd.t_jitter": Bound(0, 999),
     "vsd.cfg_max_t": Bound(0, 999),  # timesteps run 0..999

@@ -132,6 +132,8 @@ def prior_supersample(name: str) -> int:
 
 # Flags a resumed run takes from the command line (or the given config); the rest comes from its config.json.
 RESUME_FLAGS = ("resume", "steps")
+GUIDANCE_FIELDS = ("vsd.cfg_scale", "vsd.cfg_scale_vsd", "vsd.cfg_scale_sds")
+"""The fields `VSDConfig.guidance` reads: one resumed run may spell the same scale in another of them."""
 
 
 @dataclass
@@ -218,8 +220,8 @@ def _resumed_config(config: GenerateConfig, given: Collection[str], run_dir: Pat
     saved = load_json(run_dir / CONFIG)
     chosen = {*given, *changed_fields(config, GenerateConfig())}  # a config cannot tell a default from unset
     differ = [n for n in changed_fields(config, saved) if n in chosen]
-    if "vsd.cfg_scale" in differ and config.vsd.guidance() == saved.vsd.guidance():
-        differ.remove("vsd.cfg_scale")  # the run's None is its mode's usual scale: 7.5 typed on VSD asks for it
+    if config.vsd.guidance() == saved.vsd.guidance():  # the run's None is its mode's own scale: 7.5 typed on VSD
+        differ = [n for n in differ if n not in GUIDANCE_FIELDS]  # asks for it, and the other mode's does not count
     ignored = [n for n in differ if n not in RESUME_FLAGS]
     if ignored:
         shown = ", ".join(f"--{n.replace('_', '-')} {get_field(config, n)!r} (the run has {get_field(saved, n)!r})"

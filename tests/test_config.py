@@ -92,6 +92,40 @@ def test_flags_override_the_preset_wherever_they_stand(tmp_path: Path, monkeypat
     assert seen[0] == seen[1] and seen[0].steps == 5 and seen[0].prior.name == PRESETS["toy"]().prior.name
 
 
+@pytest.mark.parametrize(
+    ("flags", "mode", "scale"),
+    [
+        ([], "vsd", 1.0),  # the toy preset's VSD: CFG 1 (docs/benchmarks.md, "The preset: falling t at CFG 1")
+        (["--vsd.mode", "sds"], "sds", 100.0),  # ... and its SDS baseline keeps DreamFusion's 100
+        (["--vsd.mode", "sds", "--vsd.cfg-scale", "7.5"], "sds", 7.5),  # a typed scale counts in either mode
+        (["--vsd.cfg-scale", "7.5"], "vsd", 7.5),
+        (["--vsd.cfg-scale-vsd", "3"], "vsd", 3.0),
+        (["--vsd.cfg-scale-vsd", "3", "--vsd.mode", "sds"], "sds", 100.0),
+    ],
+)
+def test_the_toy_preset_guides_vsd_at_1_and_sds_at_100(monkeypatch, flags, mode, scale):
+    seen = []
+    import importlib
+
+    module = importlib.import_module("splatdreamer.generate")
+    monkeypatch.setattr(module, "generate", lambda config, **options: seen.append(config))
+    assert main(["generate", "--preset", "toy", "--prompt", "a ball", *flags]) == 0
+    assert (seen[0].vsd.mode, seen[0].vsd.guidance(), seen[0].vsd.t_schedule) == (mode, scale, "decreasing")
+    assert GenerateConfig().vsd.guidance() == 7.5  # the official scale stays the default of every other start
+
+
+def test_a_config_saved_before_the_per_mode_scales_keeps_its_guidance(tmp_path: Path):
+    """Runs saved before --vsd.cfg-scale-vsd existed ran VSD at 7.5 (the toy preset too); resumed, they still do."""
+    data = to_dict(PRESETS["toy"]())
+    for name in ("cfg_scale_vsd", "cfg_scale_sds"):
+        del data["vsd"][name]
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    old = load_json(tmp_path / "config.json")
+    assert (old.vsd.cfg_scale, old.vsd.guidance()) == (None, 7.5)
+    old.vsd.mode = "sds"
+    assert old.vsd.guidance() == 100.0
+
+
 def test_prompt_slug():
     assert prompt_slug("A red ball!") == "a_red_ball"
     assert prompt_slug("???") == "run"

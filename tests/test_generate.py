@@ -720,6 +720,8 @@ def test_resume_refuses_a_typed_default_that_differs_from_the_run(finished_run, 
     assert json.loads((run_dir / "config.json").read_text())["vsd"]["cfg_scale"] is None
     assert main(["generate", "--resume", str(run_dir), "--vsd.cfg-scale", "8"]) == 2
     assert "so --vsd.cfg-scale 8.0 (the run has None) would be ignored; drop it" in capsys.readouterr().err
+    assert main(["generate", "--resume", str(run_dir), "--vsd.cfg-scale-vsd", "1"]) == 2  # the scale the run uses
+    assert "so --vsd.cfg-scale-vsd 1.0 (the run has 7.5) would be ignored; drop it" in capsys.readouterr().err
     assert main(["generate", "--resume", str(run_dir), "--seed", "3", "--prompt", "a red ball", "--particles", "1",
                  "--vsd.cfg-scale", "7.5"]) == 0  # fmt: skip
     assert metric_steps(run_dir) == [1, 2, 3, 4]

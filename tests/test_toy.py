@@ -842,6 +842,11 @@ def test_image_space_eval_reports_the_priors_samples_and_writes_the_particles(tm
         assert sheet.shape[1] > 2 * 16 and sheet.std() > 0  # both 16-px particles, not a blank picture
 
 
+def _with_vsd(**changes):
+    base = small_eval_base()
+    return dataclasses.replace(base, vsd=dataclasses.replace(base.vsd, **changes))
+
+
 def test_eval_methods_name_their_objective_and_cfg():
     from splatdreamer.toy.evaluate import parse_method, run_config, ToyEvalConfig
 
@@ -874,6 +879,9 @@ def test_eval_methods_name_their_objective_and_cfg():
         ({"out_dir": Path(__file__) / "eval"}, f"--out-dir {Path(__file__) / 'eval'}: {Path(__file__)} is a file"),
         ({"base": dataclasses.replace(small_eval_base(), seed=5)}, "--base.seed is set for each run of the table; use --seeds"),
         ({"base": dataclasses.replace(small_eval_base(), prompt="a blue cube")}, "--base.prompt is set for each run"),
+        ({"base": _with_vsd(cfg_scale_vsd=7.5)}, "--base.vsd.cfg-scale-vsd is set for each run of the table; use "
+                                                 "--methods"),
+        ({"base": _with_vsd(cfg_scale_sds=50.0)}, "--base.vsd.cfg-scale-sds is set for each run of the table"),
         ({"space": "image", "picture": Path("p.png")}, "--space image writes one sheet of particles per run under"),
         ({"space": "image", "base": _prior_named("nowhere")}, "the prior directory 'nowhere' does not exist"),
     ],

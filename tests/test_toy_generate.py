@@ -20,8 +20,9 @@ def test_toy_red_ball_matches_ground_truth(tmp_path):
     # (the second prior: IoU 0.886-0.959, colour error 0.035-0.043 per particle). With phi asked only above
     # t = 700: IoU 0.933-0.982, colour error 0.022-0.034 per particle; asked and trained only above t = 850 (the
     # preset since 2026-11-28): IoU 0.954-0.992, colour error 0.025-0.033. With the sixth prior (shipped since
-    # 2026-11-28, the same preset): IoU 0.914-0.983, colour error 0.017-0.025. The bounds are
-    # the aims (IoU >= 0.85, colour error <= 0.05), for every particle; an unconverged start scores about 0.4.
+    # 2026-11-28, the same preset): IoU 0.914-0.983, colour error 0.017-0.025. With t falling and VSD at CFG 1
+    # (the preset since 2026-11-29; toy eval vsd-1, seed 0): IoU 0.874-0.977, colour error 0.010-0.021. The bounds
+    # are the aims (IoU >= 0.85, colour error <= 0.05), for every particle; an unconverged start scores about 0.4.
     for path in result.files:
         score = score_particle(load_ply(path, requires_grad=False), "a red ball", size=64)
         assert score.iou >= 0.85, (path.name, score)

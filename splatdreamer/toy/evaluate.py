@@ -355,6 +355,8 @@ def check_config(config: ToyEvalConfig) -> None:
         ("seed", config.base.seed, default.seed, "--seeds"),
         ("vsd.mode", config.base.vsd.mode, default.vsd.mode, "--methods (e.g. sds-100)"),
         ("vsd.cfg-scale", config.base.vsd.cfg_scale, default.vsd.cfg_scale, "--methods (e.g. vsd-7.5)"),
+        ("vsd.cfg-scale-vsd", config.base.vsd.cfg_scale_vsd, default.vsd.cfg_scale_vsd, "--methods (e.g. vsd-7.5)"),
+        ("vsd.cfg-scale-sds", config.base.vsd.cfg_scale_sds, default.vsd.cfg_scale_sds, "--methods (e.g. sds-100)"),
         ("output.out-dir", config.base.output.out_dir, default.output.out_dir, "--out-dir"),
         ("resume", config.base.resume, default.resume, "--reuse"),
     ]:  # set per cell by run_config: a value given here would be dropped without a word (a hostile-input pass)

@@ -77,7 +77,7 @@ class ImageRunConfig:
     t_min: int = 20  # the 3D loop's range and annealing (official t_range 0.02-0.98, then 0.5 from t5_iters)
     t_max: int = 980
     t_max_annealed: int = 500
-    anneal_fraction: float = 0.5  # of the steps, as the toy preset (anneal_step 150 of 300)
+    anneal_fraction: float = 0.5  # of the steps, as the toy preset under --vsd.t-schedule random (150 of 300)
     t_schedule: Literal["random", "decreasing"] = "random"  # VSDConfig.t_schedule
     t_jitter: int = 20  # VSDConfig.t_jitter
     seed: int = 0

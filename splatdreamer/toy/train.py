@@ -138,7 +138,7 @@ class ToyTrainConfig:
     few hundredths that the plain loss barely sees are what sent "a ball" to red at CFG 7.5
     (`scripts/measure_high_t_pull.py`). This loss trains that difference directly."""
     guided_cfg: float = 7.5
-    """The guidance scale s of the guided loss (the toy preset's CFG)."""
+    """The guidance scale s of the guided loss (the official VSD scale, the toy preset's until 2026-11-29)."""
     guided_min_t: int = 850
     """Lowest timestep of the guided loss's examples (the colour is decided above about 900)."""
     guided_batch: int = 16
