@@ -106,7 +106,7 @@ class VSDConfig:
     """Append ', front/side/back/overhead view' to the prompt of the pretrained score (official --dir_text)."""
 
     def guidance(self) -> float:
-        """The CFG scale this run uses: `cfg_scale`, or the mode's usual value when it is None."""
+        """The CFG scale this run uses: `cfg_scale`, or the mode's own scale when it is None."""
         if self.cfg_scale is not None:
             return self.cfg_scale
         return self.cfg_scale_vsd if self.mode == "vsd" else self.cfg_scale_sds

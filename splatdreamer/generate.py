@@ -220,8 +220,10 @@ def _resumed_config(config: GenerateConfig, given: Collection[str], run_dir: Pat
     saved = load_json(run_dir / CONFIG)
     chosen = {*given, *changed_fields(config, GenerateConfig())}  # a config cannot tell a default from unset
     differ = [n for n in changed_fields(config, saved) if n in chosen]
-    if config.vsd.guidance() == saved.vsd.guidance():  # the run's None is its mode's own scale: 7.5 typed on VSD
-        differ = [n for n in differ if n not in GUIDANCE_FIELDS]  # asks for it, and the other mode's does not count
+    # The run's None is its mode's own scale, so 7.5 typed on a VSD run asks for what it has; the other mode's
+    # scale does not count at all.
+    if config.vsd.guidance() == saved.vsd.guidance():
+        differ = [n for n in differ if n not in GUIDANCE_FIELDS]
     ignored = [n for n in differ if n not in RESUME_FLAGS]
     if ignored:
         shown = ", ".join(f"--{n.replace('_', '-')} {get_field(config, n)!r} (the run has {get_field(saved, n)!r})"
