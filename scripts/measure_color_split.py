@@ -21,6 +21,7 @@ from torch import Tensor
 
 from splatdreamer.io.ply import load_ply
 from splatdreamer.render import render
+from splatdreamer.toy import measure
 from splatdreamer.toy.evaluate import scoring_views
 from splatdreamer.toy.objects import PALETTE, PROMPTS, true_colors, variants
 
@@ -35,7 +36,7 @@ def color_shares(splats, colors: Tensor, size: int = 64) -> Tensor:
     rgb = out.rgb.clamp(0, 1).permute(0, 2, 3, 1)[out.alpha[:, 0] > 0.5]  # [P, 3]
     if len(rgb) == 0:
         return torch.zeros(len(colors))
-    nearest = torch.cdist(rgb, colors.to(rgb)).argmin(dim=1)
+    _, nearest = measure.nearest_color(rgb, colors.to(rgb))
     return torch.bincount(nearest, minlength=len(colors)).float() / len(rgb)
 
 
@@ -54,15 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     names = [color_name(c) for c in colors]
     print(f"| source | particles | share of {' / '.join(names)} per particle | one colour all over | mean share |")
     print("|---|---|---|---|---|")
-    truth = [color_shares(v.splats, colors, args.size) for v in variants(args.prompt)]
-    for folder in [None, *args.folders]:
-        if folder is None:
-            shares, source = truth, "truth"
-        else:
-            files = sorted(folder.rglob("particle_*.ply"))
-            if not files:
-                parser.error(f"{folder}: no particle_*.ply files in it or below it")
-            shares, source = [color_shares(load_ply(f, requires_grad=False), colors, args.size) for f in files], folder
+    sources = {"truth": [v.splats for v in variants(args.prompt)]}
+    for folder in args.folders:
+        files = sorted(folder.rglob("particle_*.ply"))
+        if not files:
+            parser.error(f"{folder}: no particle_*.ply files in it or below it")
+        sources[folder] = [load_ply(f, requires_grad=False) for f in files]
+    for source, particles in sources.items():
+        shares = [color_shares(p, colors, args.size) for p in particles]
         stack = torch.stack(shares)
         one = int((stack.max(dim=1).values >= ONE_COLOUR).sum())
         cells = ", ".join("/".join(f"{x:.2f}" for x in s) for s in shares)
