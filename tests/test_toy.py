@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import shlex
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -822,6 +823,17 @@ def test_eval_runs_each_method_and_seed_and_reuses_only_identical_runs(tmp_path,
     assert again[0].scores == first[0].scores and again[1].seconds == first[1].seconds
     with pytest.raises(AssertionError, match="generated again"):  # another seed is another run
         ev.evaluate(dataclasses.replace(config, reuse=True, seeds=(2,), report=None, picture=None))
+    moved = tmp_path.parent / f"{tmp_path.name}_moved"  # a results folder moved elsewhere is the same runs
+    shutil.move(tmp_path / "a_red_ball", moved / "a_red_ball")
+    again = ev.evaluate(dataclasses.replace(config, out_dir=moved, reuse=True, report=None, picture=None))
+    assert [r.scores for r in again] == [r.scores for r in first]
+    base = small_eval_base()
+    base.steps = 4  # a setting that differs is still another run, wherever the folder is
+    with pytest.raises(AssertionError, match="generated again"):
+        ev.evaluate(dataclasses.replace(config, base=base, out_dir=moved, reuse=True, report=None, picture=None))
+    assert f"{moved / 'a_red_ball' / 'sds-7.5' / 's0'}: its run was made with other settings (steps)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_image_space_eval_reports_the_priors_samples_and_writes_the_particles(tmp_path):

@@ -108,7 +108,8 @@ class ToyEvalConfig:
     """Write the ground-truth-beside-results picture here (first seed), e.g. docs/toy_eval.png."""
     reuse: bool = False
     """Score a run already in `out_dir` whose saved config is exactly this one instead of running it again
-    (e.g. after running the prompts in parallel processes)."""
+    (e.g. after running the prompts in parallel processes); the folder may have moved since. A run made with
+    other settings is run again there, and the settings that differ are named."""
 
 
 # Ranges of `toy eval`'s numbers and of its base generation's (as `--base.*`), checked by `config.check_fields`
@@ -213,15 +214,35 @@ def run_config(config: ToyEvalConfig, prompt: str, method: str, seed: int) -> Ge
 
 
 def finished_run(gen: GenerateConfig) -> list[torch.nn.ParameterDict] | None:
-    """The particles of an earlier run of exactly this generation in its folder, or None."""
+    """The particles of an earlier run of exactly this generation in its folder, or None.
+
+    The folder it was written to is not part of what the run was: a results folder moved or copied elsewhere (or
+    linked into another `--out-dir`) is still reused."""
     run_dir = gen.output.out_dir
     files = [run_dir / f"particle_{k}.ply" for k in range(gen.particles)]
     if not (run_dir / CONFIG).is_file() or not all(f.is_file() for f in files):
         return None
-    same = dataclasses.replace(gen, output=dataclasses.replace(gen.output, out_dir=run_dir, overwrite=False))
-    if to_dict(load_json(run_dir / CONFIG)) != to_dict(same):
+    if settings_differing(gen):
         return None
     return [load_ply(f, requires_grad=False) for f in files]
+
+
+def settings_differing(gen: GenerateConfig) -> list[str]:
+    """The settings ("vsd.cfg_scale_vsd", ...) in which the run saved in `gen`'s folder differs from `gen`; none
+    when no config was saved there. Its folder and `overwrite` do not count."""
+    path = gen.output.out_dir / CONFIG
+    if not path.is_file():
+        return []
+    saved = to_dict(load_json(path))
+    ours = to_dict(dataclasses.replace(gen, output=dataclasses.replace(gen.output, overwrite=False)))
+    saved["output"]["out_dir"] = ours["output"]["out_dir"]
+
+    def walk(a: object, b: object, prefix: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(a.keys() | b.keys()) for d in walk(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [] if a == b else [prefix.rstrip(".")]
+
+    return walk(saved, ours, "")
 
 
 def loop_seconds(run_dir: Path) -> float:
@@ -233,6 +254,9 @@ def run_one(config: ToyEvalConfig, prompt: str, method: str, seed: int) -> Row:
     gen = run_config(config, prompt, method, seed)
     particles = finished_run(gen) if config.reuse else None
     if particles is None:
+        if config.reuse and (differing := settings_differing(gen)):
+            print(f"{gen.output.out_dir}: its run was made with other settings ({', '.join(differing)}); running "
+                  "it again there", file=sys.stderr, flush=True)  # fmt: skip
         made = generate(gen).particles
         # Score the .ply files the run wrote, as --reuse scores them, where it wrote them: the file keeps some
         # fields in another form than the tensors in memory, and the two scored a last-bit apart (PSNR 3e-7).
