@@ -90,6 +90,7 @@ def face_pull(
     return right_y, right_p, x0_hat.permute(0, 2, 3, 1)[yellow_px].mean(0).tolist()
 
 
+@torch.no_grad()
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--t", type=int, nargs="+", default=[900, 700, 500, 300, 100])
@@ -99,7 +100,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-dir", default=".toydata", help="cache of the rendered dataset (as `toy train`)")
     ap.add_argument("--plain", action="store_true", help="the plain prompt instead of the view-dependent ones")
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
 
     prior = DiffusionPrior.from_pretrained(resolve_prior_name("toy" if args.prior == "exact" else args.prior))
     abar_all = prior.alphas_cumprod.cpu()
