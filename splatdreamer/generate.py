@@ -71,7 +71,7 @@ class Progress:
     step: int  # steps done so far
     total: int
     loss_vsd: float
-    loss_phi: float
+    loss_phi: float | None  # None where phi did not train this step (SDS; VSD once phi can no longer be asked)
     num_gaussians: list[int]
     t_mean: float
     grad_norm: float  # batch mean of the per-sample norm of the score gradient (the VSD loss's scale is arbitrary)
@@ -290,7 +290,10 @@ class Generation:
         self.backend = resolve_backend(config.splats.backend, self.device)
         torch.manual_seed(config.seed)  # gsplat's split draws from the global generator
         self.gen_cpu = torch.Generator().manual_seed(config.seed)  # cameras, backgrounds, timesteps
-        self.gen_dev = torch.Generator(device=self.device).manual_seed(config.seed + 1)  # noise, VAE, phi
+        self.gen_dev = torch.Generator(device=self.device).manual_seed(config.seed + 1)  # noise, VAE
+        # phi's training draws (its t and noise) from a stream of its own, so that training phi or not, once it
+        # can no longer be asked (`phi_in_use`), leaves every other draw of the run, and the particles, as they are.
+        self.gen_phi = torch.Generator(device=self.device).manual_seed(config.seed + 2)
 
         dtype = None if config.prior.dtype == "auto" else getattr(torch, config.prior.dtype)
         prior_was_loaded = prior is None
@@ -424,19 +427,20 @@ class Generation:
             for opt, r in zip(self.optimizers, renders):
                 opt.step(self.step, r.info, packed=cfg.splats.packed)
 
-        loss_phi = torch.zeros((), device=self.device)
-        if cfg.vsd.mode == "vsd":
+        loss_phi = torch.full((), math.nan, device=self.device)  # NaN in the stack below: phi did not train
+        trained_phi = self.phi_in_use()
+        if trained_phi:
             x0 = latents.detach()
             with timer.part("phi_train"):
                 for _ in range(cfg.prior.phi_steps):
                     t_phi, t_min = None, 0
                     if cfg.prior.phi_timesteps == "schedule":
-                        t_phi = self.schedule.sample_timesteps(batch, self.step, self.gen_cpu)
+                        t_phi = self.schedule.sample_timesteps(batch, self.step, self.gen_phi)
                     elif cfg.prior.phi_timesteps == "asked" and cfg.vsd.phi_min_t is not None:
                         # Uniform over the t the score asks phi about; at phi_min_t = 999 (never asked) only t = 999.
                         t_min = min(cfg.vsd.phi_min_t + 1, self.prior.num_train_timesteps - 1)
                     phi_loss = self.prior.phi_loss(
-                        x0, self.text.plain(batch), camera, generator=self.gen_dev,
+                        x0, self.text.plain(batch), camera, generator=self.gen_phi,
                         camera_dropout=cfg.prior.camera_dropout, t=t_phi, t_min=t_min,
                     )  # fmt: skip
                     phi_loss.backward()
@@ -457,7 +461,7 @@ class Generation:
                 f"every value of the prior's score was NaN or inf at step {self.step}: the prior's weights are "
                 f"broken ({cfg.prior.name}); retrain or re-download it"
             )
-        if not math.isfinite(loss_phi):
+        if trained_phi and not math.isfinite(loss_phi):
             raise NonFiniteError(
                 f"phi's diffusion loss became {loss_phi} at step {self.step}; lower --prior.phi-lr, or check the "
                 f"prior's weights ({cfg.prior.name})"
@@ -470,12 +474,24 @@ class Generation:
             step=self.step,
             total=cfg.steps,
             loss_vsd=loss_vsd,
-            loss_phi=loss_phi,
+            loss_phi=loss_phi if trained_phi else None,
             num_gaussians=[num_gaussians(p) for p in self.particles],
             t_mean=t_mean,
             grad_norm=grad_norm,
             seconds=0.0,
         )
+
+    def phi_in_use(self) -> bool:
+        """Whether this step trains phi: in VSD, while a later step can still ask it. With `--vsd.phi-min-t`
+        phi is asked only about t above it, and neither schedule's highest t ever rises again (the decreasing
+        line falls; random t drops to `t_max_annealed`), so once the next step's highest t is at or below it,
+        training phi would change nothing the run makes: the toy preset stops after about 40 of its 300 steps.
+        phi's weights then stay as they were, in the checkpoint too; a run resumed with more `--steps`, whose
+        falling t starts higher again, asks that phi."""
+        cfg = self.config
+        if cfg.vsd.mode != "vsd":
+            return False
+        return cfg.vsd.phi_min_t is None or self.schedule.timestep_bounds(self.step + 1)[1] > cfg.vsd.phi_min_t
 
     def particles_are_finite(self) -> bool:
         return bool(torch.stack([all_finite(p) for p in self.particles]).all())
@@ -493,6 +509,7 @@ class Generation:
             "rng_global": torch.get_rng_state(),
             "rng_cpu": self.gen_cpu.get_state(),
             "rng_dev": self.gen_dev.get_state(),
+            "rng_phi": self.gen_phi.get_state(),
             "num_threads": torch.get_num_threads(),  # CPU results are bit-exact only with the same count
             "config": json.dumps(to_dict(self.config)),  # what the state belongs to (`_edited_since`)
         }
@@ -540,6 +557,8 @@ class Generation:
             torch.set_rng_state(state["rng_global"].cpu())
             self.gen_cpu.set_state(state["rng_cpu"].cpu())
             self.gen_dev.set_state(state["rng_dev"])
+            if "rng_phi" in state:  # checkpoints before 2026-11-29 drew phi's training from rng_dev
+                self.gen_phi.set_state(state["rng_phi"])
             threads = state.get("num_threads", torch.get_num_threads())
         except fails as e:
             raise unfit(e) from None
@@ -760,7 +779,8 @@ def _run(folder: _RunFolder, callback: Callable[[Progress], None] | None) -> Res
                 metrics.flush()
                 bar.update(1)
                 bar.set_postfix(
-                    vsd=f"{progress.loss_vsd:.4f}", grad=f"{progress.grad_norm:.3g}", phi=f"{progress.loss_phi:.4f}",
+                    vsd=f"{progress.loss_vsd:.4f}", grad=f"{progress.grad_norm:.3g}",
+                    phi="–" if progress.loss_phi is None else f"{progress.loss_phi:.4f}",
                     gaussians="/".join(map(str, progress.num_gaussians)), t=int(progress.t_mean),
                 )  # fmt: skip
                 if callback is not None:

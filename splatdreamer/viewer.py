@@ -265,7 +265,8 @@ class LiveViewer:
             self.callback_seconds += time.perf_counter() - begin
             return
         self._last_status = begin
-        losses = f"VSD loss {progress.loss_vsd:.4g}, phi loss {progress.loss_phi:.4g}"
+        phi = "not trained" if progress.loss_phi is None else f"{progress.loss_phi:.4g}"
+        losses = f"VSD loss {progress.loss_vsd:.4g}, phi loss {phi}"
         counts = " / ".join(map(str, progress.num_gaussians))
         status = f"**step {progress.step} / {progress.total}**  \n{losses}  \nGaussians: {counts}"
         with self._wake:

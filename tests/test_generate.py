@@ -82,7 +82,7 @@ def test_phi_trains_at_the_particles_timesteps_when_asked(tiny_prior, tmp_path, 
 @pytest.mark.parametrize("phi_min_t", [600, 999, None])
 def test_phi_trains_only_where_the_score_asks_it(tiny_prior, tmp_path, monkeypatch, phi_min_t):
     """--prior.phi-timesteps asked: phi trains at t > --vsd.phi-min-t alone, spread over that band; at 999 (never
-    asked) at t = 999; without a gate over all timesteps, as uniform does. The t are the ones phi's loss noises at."""
+    asked) not at all; without a gate over all timesteps, as uniform does. The t are the ones phi's loss noises at."""
     from splatdreamer.prior import DiffusionPrior
 
     seen, training = [], []
@@ -106,14 +106,43 @@ def test_phi_trains_only_where_the_score_asks_it(tiny_prior, tmp_path, monkeypat
     c.output.checkpoint_every = c.output.preview_every = 0
     c.prior.phi_timesteps, c.vsd.phi_min_t = "asked", phi_min_t
     generate(c)
+    if phi_min_t == 999:  # above every t the schedule draws (980): phi is never asked, so never trained
+        assert seen == []
+        return
     t = torch.cat(seen)  # 2 particles x 2 views per step
     assert len(seen) == 20 and t.shape == (80,)
-    low = {600: 601, 999: 999, None: 0}[phi_min_t]
+    low = {600: 601, None: 0}[phi_min_t]
     assert int(t.min()) >= low and int(t.max()) <= 999
-    if phi_min_t != 999:  # spread over the band, not at one end of it
-        assert int(t.min()) < low + 100 and int(t.max()) > 900, t
-    else:
-        assert (t == 999).all()
+    assert int(t.min()) < low + 100 and int(t.max()) > 900, t  # spread over the band, not at one end of it
+
+
+def test_phi_stops_training_once_no_later_step_can_ask_it_and_the_particles_do_not_change(
+    tiny_prior, tmp_path, monkeypatch
+):
+    """With --vsd.phi-min-t 700 and t falling from 980 over 12 steps (band +-10), the next step's highest t is
+    above 700 only after steps 0, 1, 2: phi trains 3 times and logs no loss after. Training it on, as before,
+    changes phi but not one bit of the particles: phi's draws have their own generator."""
+    c = tiny_config(tiny_prior, tmp_path / "run", steps=12, particles=1)
+    c.output.checkpoint_every = c.output.preview_every = 0
+    c.vsd.t_schedule, c.vsd.t_jitter, c.vsd.phi_min_t, c.prior.phi_timesteps = "decreasing", 10, 700, "asked"
+    schedules = []
+    real_init = Generation.__init__
+
+    def spy_init(self, *a, **k):
+        real_init(self, *a, **k)
+        schedules.append(self.phi_schedule)
+
+    monkeypatch.setattr(Generation, "__init__", spy_init)
+    stopped = generate(c)
+    logged = [json.loads(line)["loss_phi"] for line in stopped.metrics.read_text().splitlines()]
+    assert all(isinstance(x, float) for x in logged[:3]) and logged[3:] == [None] * 9, logged
+    assert schedules[0].last_epoch == 3
+
+    monkeypatch.setattr(Generation, "phi_in_use", lambda self: True)
+    always = generate(dataclasses.replace(c, output=dataclasses.replace(c.output, out_dir=tmp_path / "always")))
+    assert schedules[1].last_epoch == 12
+    for a, b in zip(stopped.particles, always.particles, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a), "phi's training moved the particles"
 
 
 def test_end_to_end_two_particles(tiny_prior, tmp_path):
@@ -966,7 +995,8 @@ def test_the_colour_rate_decays_only_when_a_final_rate_is_set():
 
 @pytest.mark.parametrize(("phi_min_t", "calls"), [(None, 1), (999, 0)])
 def test_phi_min_t_reaches_the_score(tiny_prior, tmp_path, monkeypatch, phi_min_t, calls):
-    """--vsd.phi-min-t 999 (above t_max): the score never asks phi, which still learns the renders."""
+    """--vsd.phi-min-t 999 (above t_max): the score never asks phi, so phi does not train either (without it,
+    phi asked everywhere learns the renders)."""
     run, _ = _capturing_run(tiny_prior, tmp_path, monkeypatch, 2, vsd={"phi_min_t": phi_min_t})
     asked = []
     real = run.prior.eps_phi
@@ -974,7 +1004,7 @@ def test_phi_min_t_reaches_the_score(tiny_prior, tmp_path, monkeypatch, phi_min_
     before = [p.detach().clone() for p in run.prior.phi_parameters()]
     run.train_step()
     assert len(asked) == calls
-    assert any(not torch.equal(b, p) for b, p in zip(before, run.prior.phi_parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, run.prior.phi_parameters())) == (calls > 0)
 
 
 def test_the_loop_renders_at_the_size_a_toy_prior_saw_its_data_at(tiny_prior, tmp_path):

@@ -346,6 +346,25 @@ def test_cfg_follows_its_formula(pixel_dir):
         torch.testing.assert_close(got, e_u + scale * (e_c - e_u), rtol=1e-5, atol=1e-5 * max(scale, 1.0))
 
 
+def test_cfg_1_runs_the_unet_on_the_conditional_samples_alone(pixel_dir):
+    """At CFG 1 the guided score is eps_c: one UNet call on B samples, equal to eps_c of a fresh UNet (a scale
+    given per sample, even all ones, still runs both branches)."""
+    prior = load(pixel_dir)
+    fresh = fresh_unet(pixel_dir)
+    text = prior.text_embeddings("a blue cube", negative_prompt="a green cone")
+    _, t, _, x_t = noisy_batch(prior)
+    batches = []
+    hook = prior.unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    got = prior.eps_pretrained(x_t, t, text.plain(2), text.negative(2), cfg_scale=1.0)
+    per_sample = prior.eps_pretrained(x_t, t, text.plain(2), text.negative(2), cfg_scale=torch.ones(2))
+    hook.remove()
+    assert batches == [2, 4]
+    with torch.no_grad():
+        e_c = fresh(x_t, t, encoder_hidden_states=text.plain(2)).sample
+    assert torch.equal(got, e_c)
+    torch.testing.assert_close(per_sample, e_c, rtol=1e-5, atol=1e-5)
+
+
 def test_v_prediction_converts_to_epsilon(vpred_dir):
     prior = load(vpred_dir)
     assert prior.prediction_type == "v_prediction"

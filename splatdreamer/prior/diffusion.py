@@ -256,9 +256,13 @@ class DiffusionPrior:
 
         x_t [B, C, h, w], t [B], text_cond / text_uncond [B, L, D] -> [B, C, h, w] fp32; cfg_scale a float or
         [B], one per sample. One UNet call on 2B samples in (uncond, cond) order (official nerf/sd.py:116-126);
-        phi's adapter is off, no camera enters.
+        phi's adapter is off, no camera enters. At a scale of exactly 1 (a float) the guided score is eps_c
+        itself, and the UNet runs on the B conditional samples alone.
         """
         b = x_t.shape[0]
+        if not isinstance(cfg_scale, Tensor) and cfg_scale == 1.0:
+            out = self._run(self.unet, x_t, t, text_cond)
+            return to_epsilon(out, x_t, t, self.prediction_type, self.alphas_cumprod)
         x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
         out = self._run(self.unet, x2, t2, torch.cat([text_uncond, text_cond]))
         eps_u, eps_c = to_epsilon(out, x2, t2, self.prediction_type, self.alphas_cumprod).split(b)
