@@ -80,8 +80,8 @@ class VSDConfig:
     decides little but which mode a sample takes, and there it sharpens the prior's leans (docs/benchmarks.md)."""
     phi_min_t: int | None = None
     """VSD asks phi only at t > this; at or below it the sampled noise stands in for eps_phi (SDS's gradient) and
-    phi's UNet does not run. None: phi at every t, as the official code. (docs/benchmarks.md, "phi only where
-    the particles' colours are chosen".)"""
+    phi's UNet does not run; once no later step can draw a t above it, phi stops training too. None: phi at
+    every t, as the official code. (docs/benchmarks.md, "phi only where the particles' colours are chosen".)"""
     t_min: int = 20
     """Smallest timestep (official t_range 0.02 of 1000)."""
     t_max: int = 980
