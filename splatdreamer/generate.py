@@ -437,7 +437,7 @@ class Generation:
                     if cfg.prior.phi_timesteps == "schedule":
                         t_phi = self.schedule.sample_timesteps(batch, self.step, self.gen_phi)
                     elif cfg.prior.phi_timesteps == "asked" and cfg.vsd.phi_min_t is not None:
-                        # Uniform over the t the score asks phi about; at phi_min_t = 999 (never asked) only t = 999.
+                        # Uniform over the t the score asks phi about (phi_in_use: some t of a later step is above).
                         t_min = min(cfg.vsd.phi_min_t + 1, self.prior.num_train_timesteps - 1)
                     phi_loss = self.prior.phi_loss(
                         x0, self.text.plain(batch), camera, generator=self.gen_phi,
