@@ -42,6 +42,7 @@ def nearest(colors: torch.Tensor) -> list[str]:
     return [BALL_COLORS[i] for i in torch.cdist(colors, palette).argmin(1).tolist()]
 
 
+@torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--t", type=int, nargs="+", default=[980, 950, 900, 800])
@@ -52,7 +53,6 @@ def main() -> None:
     ap.add_argument("--scale", default="", help='its empty-prompt factors, "name=f,name=f" ("": every object equally)')
     ap.add_argument("--data-dir", default=".toydata", help="cache of the rendered dataset (as `toy train`)")
     args = ap.parse_args()
-    torch.set_grad_enabled(False)
 
     prior = DiffusionPrior.from_pretrained(resolve_prior_name(args.prior))
     abar_all = prior.alphas_cumprod.cpu()
