@@ -18,11 +18,8 @@ import argparse
 
 import torch
 
-# the sibling script's parser (scripts/ is on sys.path when a script runs)
-from measure_guided_balance import parse_scale
-
 from splatdreamer.generate import resolve_prior_name
-from splatdreamer.toy.data import ToyDataConfig, load_or_render, unconditional_weights
+from splatdreamer.toy.data import ToyDataConfig, load_or_render, parse_object_scale, unconditional_weights
 from splatdreamer.toy.exact import exact_eps
 from splatdreamer.toy.model import encode_prompts, load
 from splatdreamer.toy.objects import PROMPTS
@@ -52,7 +49,7 @@ def main() -> None:
     images = data.images.float() / 127.5 - 1.0
     mine = (data.prompt_index == PROMPTS.index(args.prompt)).nonzero()[:, 0]
     exact_cond = exact_eps(images[mine], torch.ones(len(mine)), abar)
-    exact_uncond = exact_eps(images, unconditional_weights(data, parse_scale(args.scale)), abar)
+    exact_uncond = exact_eps(images, unconditional_weights(data, parse_object_scale(args.scale)), abar)
     mask = (images[mine] < 0.9).any(1).float().mean(0) > 0.5  # pixels covered in most of the prompt's images
     g = torch.Generator().manual_seed(0)
     pick = mine[torch.randperm(len(mine), generator=g)[: args.samples]]

@@ -25,12 +25,11 @@ import torch
 
 # the sibling script's toy balls (scripts/ is on sys.path when a script runs)
 from measure_exact_sampler import ball_coverage, balls
-from measure_guided_balance import parse_scale
 
 from splatdreamer.cameras import DEFAULT_RANGES, sample
 from splatdreamer.generate import resolve_prior_name
 from splatdreamer.prior import DiffusionPrior
-from splatdreamer.toy.data import ToyDataConfig, load_or_render, unconditional_weights
+from splatdreamer.toy.data import ToyDataConfig, load_or_render, parse_object_scale, unconditional_weights
 from splatdreamer.toy.exact import exact_eps
 from splatdreamer.toy.objects import BALL_COLORS, PALETTE, PROMPTS
 
@@ -60,7 +59,7 @@ def main() -> None:
     images = data.images.float() / 127.5 - 1.0
     mine = (data.prompt_index == PROMPTS.index(args.prompt)).nonzero()[:, 0]
     exact_c = exact_eps(images[mine], torch.ones(len(mine)), abar_all)
-    exact_u = exact_eps(images, unconditional_weights(data, parse_scale(args.scale)), abar_all)
+    exact_u = exact_eps(images, unconditional_weights(data, parse_object_scale(args.scale)), abar_all)
     text = prior.text_embeddings(args.prompt)
 
     cameras = sample(args.draws, DEFAULT_RANGES, prior.resolution, prior.resolution, torch.Generator().manual_seed(0))
