@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    for name in ("rounds", "threads", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name} must be 1 or more, not {getattr(args, name)}")
     known = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", f"{args.against}^{{commit}}"],
                            capture_output=True)  # fmt: skip
     if known.returncode != 0:

@@ -29,3 +29,10 @@ def test_bench_job_names_a_revision_git_does_not_know(capsys):
     with pytest.raises(SystemExit):
         load_script("bench_job").main(["--against", "no-such-revision-here", "--rounds", "1", "--steps", "2"])
     assert "git knows no commit 'no-such-revision-here'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--rounds", "0"), ("--threads", "-1"), ("--steps", "0")])
+def test_bench_job_refuses_counts_below_one(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        load_script("bench_job").main(["--against", "HEAD", flag, value])
+    assert f"{flag} must be 1 or more, not {value}" in capsys.readouterr().err
