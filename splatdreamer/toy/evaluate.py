@@ -213,26 +213,23 @@ def run_config(config: ToyEvalConfig, prompt: str, method: str, seed: int) -> Ge
     return gen
 
 
-def finished_run(gen: GenerateConfig) -> list[torch.nn.ParameterDict] | None:
-    """The particles of an earlier run of exactly this generation in its folder, or None.
-
-    The folder it was written to is not part of what the run was: a results folder moved or copied elsewhere (or
-    linked into another `--out-dir`) is still reused."""
-    run_dir = gen.output.out_dir
-    files = [run_dir / f"particle_{k}.ply" for k in range(gen.particles)]
-    if not (run_dir / CONFIG).is_file() or not all(f.is_file() for f in files):
-        return None
-    if settings_differing(gen):
+def saved_particles(gen: GenerateConfig) -> list[torch.nn.ParameterDict] | None:
+    """The particles in `gen`'s folder if every one of them is there, else None."""
+    files = [gen.output.out_dir / f"particle_{k}.ply" for k in range(gen.particles)]
+    if not all(f.is_file() for f in files):
         return None
     return [load_ply(f, requires_grad=False) for f in files]
 
 
-def settings_differing(gen: GenerateConfig) -> list[str]:
-    """The settings ("vsd.cfg_scale_vsd", ...) in which the run saved in `gen`'s folder differs from `gen`; none
-    when no config was saved there. Its folder and `overwrite` do not count."""
+def settings_differing(gen: GenerateConfig) -> list[str] | None:
+    """The settings ("vsd.cfg_scale_vsd", ...) in which the run saved in `gen`'s folder differs from `gen`
+    ([]: it is exactly this generation), or None when no config was saved there.
+
+    The folder it was written to is not part of what the run was: a results folder moved or copied elsewhere (or
+    linked into another `--out-dir`) is still the same run; nor is `overwrite`."""
     path = gen.output.out_dir / CONFIG
     if not path.is_file():
-        return []
+        return None
     saved = to_dict(load_json(path))
     ours = to_dict(dataclasses.replace(gen, output=dataclasses.replace(gen.output, overwrite=False)))
     saved["output"]["out_dir"] = ours["output"]["out_dir"]
@@ -252,15 +249,16 @@ def loop_seconds(run_dir: Path) -> float:
 
 def run_one(config: ToyEvalConfig, prompt: str, method: str, seed: int) -> Row:
     gen = run_config(config, prompt, method, seed)
-    particles = finished_run(gen) if config.reuse else None
+    differing = settings_differing(gen) if config.reuse else None
+    particles = saved_particles(gen) if differing == [] else None  # --reuse: exactly this run, finished
     if particles is None:
-        if config.reuse and (differing := settings_differing(gen)):
+        if differing:
             print(f"{gen.output.out_dir}: its run was made with other settings ({', '.join(differing)}); running "
                   "it again there", file=sys.stderr, flush=True)  # fmt: skip
         made = generate(gen).particles
         # Score the .ply files the run wrote, as --reuse scores them, where it wrote them: the file keeps some
         # fields in another form than the tensors in memory, and the two scored a last-bit apart (PSNR 3e-7).
-        particles = finished_run(gen) or made
+        particles = saved_particles(gen) or made
     return scored_row(prompt, method, seed, particles, loop_seconds(gen.output.out_dir), config.size)
 
 
