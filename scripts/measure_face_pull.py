@@ -13,7 +13,8 @@ purple ones, the share whose x0_hat is nearer the true colour of that face than 
 The pretrained branch sees each camera's view-dependent prompt ("a two-tone cube, side view"), as `generate`
 gives it; `--plain` gives it the plain prompt. `--prior exact` asks the exact denoiser of the training images
 instead (`toy.exact.exact_eps`; the prompt's images of that camera's view label, or all of the prompt's with
-`--plain`; the empty prompt's images weighted as `toy train` weights them): what a perfectly trained prior
+`--plain`; the empty prompt's images weighted as `toy train` weights them; `toy.exact.ExactPrior`): what a
+perfectly trained prior
 would ask. A one-colour cube whose wrong faces are pulled to the other colour
 at some t can be repainted by the loop there; one whose faces are pulled to its own colour cannot.
 """
@@ -24,53 +25,39 @@ import argparse
 
 import torch
 
-from splatdreamer.cameras import DEFAULT_RANGES, sample
+from splatdreamer.cameras import DEFAULT_RANGES, VIEW_LABELS, sample
 from splatdreamer.generate import resolve_prior_name
 from splatdreamer.prior import DiffusionPrior
 from splatdreamer.prior.text import view_prompt
 from splatdreamer.toy.data import ToyDataConfig, caption_groups, load_or_render, render_views, unconditional_weights
-from splatdreamer.toy.exact import exact_eps
+from splatdreamer.toy.exact import ExactPrior
 from splatdreamer.toy.measure import foreground, interior, nearest_color
-from splatdreamer.toy.objects import PALETTE, ToyObject, cube_surface, gaussians
+from splatdreamer.toy.objects import PALETTE
+from splatdreamer.toy.objects import _cube as cube  # (prompt, name, +-X faces' colour, the others')
 
 PROMPT = "a two-tone cube"
 SIDES, REST = "yellow", "purple"  # the true cube: yellow +-X faces, purple others (toy/objects.py)
-
-
-def cube(sides: str, rest: str) -> ToyObject:
-    """A cube in the toy world's layout with `sides` on its +-X faces and `rest` elsewhere."""
-    means, normals, axis = cube_surface()
-    rgb = torch.where((axis == 0)[:, None], torch.tensor(PALETTE[sides]), torch.tensor(PALETTE[rest]))
-    colors = torch.tensor([PALETTE[sides], PALETTE[rest]])
-    return ToyObject(PROMPT, f"{sides}-{rest} cube", gaussians(means, normals, rgb), colors)
+FACE_COLORS = torch.tensor([PALETTE[SIDES], PALETTE[REST]])  # index 0: the sides' colour, 1: the others'
 
 
 def face_masks(truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[V, 3, H, W] renders of the true cube -> ([V, H, W] yellow-face pixels, [V, H, W] purple-face pixels),
     both inside the silhouette less its anti-aliased rim."""
     inside = interior(foreground(truth))
-    palette = torch.tensor([PALETTE[SIDES], PALETTE[REST]])
-    _, which = nearest_color(truth.permute(0, 2, 3, 1), palette)
+    _, which = nearest_color(truth.permute(0, 2, 3, 1), FACE_COLORS)
     return inside & (which == 0), inside & (which == 1)
 
 
-def exact_guided(captions: list[str], abar: torch.Tensor, data_dir: str):
-    """eps(x_t, t, cfg) of the exact denoiser of the training images: sample i conditioned on `captions[i]`."""
+def exact_prior(alphas_cumprod: torch.Tensor, data_dir: str) -> ExactPrior:
+    """The exact denoisers of the training images for the empty prompt (weighted as `toy train` weights it),
+    the prompt and each of its view-dependent forms (as `scripts/measure_exact_world.py --views` builds them)."""
     data = load_or_render(ToyDataConfig(), data_dir)
-    images = data.images.float() / 127.5 - 1.0
+    images = data.images.float() / 255
     groups = caption_groups(data)
-    uncond = exact_eps(images, unconditional_weights(data), abar)
-    cond = {c: exact_eps(images[groups[c]], torch.ones(len(groups[c])), abar) for c in set(captions)}
-
-    def eps(x_t: torch.Tensor, t: torch.Tensor, cfg: float) -> torch.Tensor:
-        e_c = torch.empty_like(x_t)
-        for c, fn in cond.items():
-            rows = torch.tensor([i for i, ci in enumerate(captions) if ci == c])
-            e_c[rows] = fn(x_t[rows], t[rows])
-        e_u = uncond(x_t, t)
-        return e_u + cfg * (e_c - e_u)
-
-    return eps
+    captions = [PROMPT, *(view_prompt(PROMPT, label) for label in VIEW_LABELS)]
+    sets = {"": (images, unconditional_weights(data))}
+    sets.update({c: (images[groups[c]], torch.ones(len(groups[c]))) for c in captions if c in groups})
+    return ExactPrior(sets, alphas_cumprod)
 
 
 def face_pull(
@@ -84,7 +71,7 @@ def face_pull(
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
     eps = eps_fn(x_t, torch.full((len(x0),), t), cfg)
     x0_hat = ((x_t - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1) / 2 + 0.5
-    _, which = nearest_color(x0_hat.permute(0, 2, 3, 1), torch.tensor([PALETTE[SIDES], PALETTE[REST]]))
+    _, which = nearest_color(x0_hat.permute(0, 2, 3, 1), FACE_COLORS)
     right_y = (which == 0)[yellow_px].float().mean().item()
     right_p = (which == 1)[purple_px].float().mean().item()
     return right_y, right_p, x0_hat.permute(0, 2, 3, 1)[yellow_px].mean(0).tolist()
@@ -103,20 +90,19 @@ def main(argv: list[str] | None = None) -> None:
 
     prior = DiffusionPrior.from_pretrained(resolve_prior_name("toy" if args.prior == "exact" else args.prior))
     abar_all = prior.alphas_cumprod.cpu()
+    if args.prior == "exact":
+        prior = exact_prior(abar_all, args.data_dir)
     size = prior.resolution
     cameras = sample(args.draws, DEFAULT_RANGES, size, size, torch.Generator().manual_seed(0))
-    captions = [PROMPT] * args.draws if args.plain else [view_prompt(PROMPT, v) for v in cameras.view_labels()]
-    if args.prior == "exact":
-        eps_fn = exact_guided(captions, abar_all, args.data_dir)
-    else:
-        text = prior.text_embeddings(PROMPT)
-        cond = text.plain(args.draws) if args.plain else text.for_views(cameras.view_labels())
+    text = prior.text_embeddings(PROMPT)
+    cond = text.plain(args.draws) if args.plain else text.for_views(cameras.view_labels())
 
-        def eps_fn(x_t: torch.Tensor, t: torch.Tensor, cfg: float) -> torch.Tensor:
-            return prior.eps_pretrained(x_t, t, cond, text.negative(len(x_t)), cfg)
+    def eps_fn(x_t: torch.Tensor, t: torch.Tensor, cfg: float) -> torch.Tensor:
+        return prior.eps_pretrained(x_t, t, cond, text.negative(len(x_t)), cfg)
 
-    masks = face_masks(render_views(cube(SIDES, REST), cameras))
-    starts = {"all purple": cube(REST, REST), "all yellow": cube(SIDES, SIDES), "two-tone (truth)": cube(SIDES, REST)}
+    starts = {name: cube(PROMPT, name, sides, rest) for name, sides, rest in
+              (("all purple", REST, REST), ("all yellow", SIDES, SIDES), ("two-tone (truth)", SIDES, REST))}  # fmt: skip
+    masks = face_masks(render_views(starts["two-tone (truth)"], cameras))
 
     print(f"prior {args.prior}, {'plain' if args.plain else 'view-dependent'} prompt, {args.draws} cameras; "
           f"share of face pixels whose x0_hat is nearer the face's true colour")  # fmt: skip

@@ -13,12 +13,12 @@ ABAR = torch.tensor(0.3)
 def test_face_pull_reads_where_the_denoiser_points_each_face():
     script = load_script("measure_face_pull")
     cameras = sample(6, DEFAULT_RANGES, 32, 32, torch.Generator().manual_seed(1))
-    truth = render_views(script.cube("yellow", "purple"), cameras) * 2 - 1
+    truth = render_views(script.cube(script.PROMPT, "truth", "yellow", "purple"), cameras) * 2 - 1
     yellow_px, purple_px = script.face_masks(truth / 2 + 0.5)
     share = yellow_px.sum() / (yellow_px.sum() + purple_px.sum())
     assert 0.15 < share.item() < 0.6, share  # the +-X faces: a part of what generation's cameras see
     assert not (yellow_px & purple_px).any()
-    purple = render_views(script.cube("purple", "purple"), cameras) * 2 - 1
+    purple = render_views(script.cube(script.PROMPT, "purple", "purple", "purple"), cameras) * 2 - 1
 
     def toward(target):  # a denoiser whose x0_hat is `target` whatever it is given
         return lambda x_t, t, cfg: (x_t - ABAR.sqrt() * target) / (1 - ABAR).sqrt()
