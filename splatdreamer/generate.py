@@ -427,7 +427,7 @@ class Generation:
             for opt, r in zip(self.optimizers, renders):
                 opt.step(self.step, r.info, packed=cfg.splats.packed)
 
-        loss_phi = torch.full((), math.nan, device=self.device)  # NaN in the stack below: phi did not train
+        loss_phi = torch.zeros((), device=self.device)  # stacked below; reported only where phi trained
         trained_phi = self.phi_in_use()
         if trained_phi:
             x0 = latents.detach()
